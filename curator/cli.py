@@ -1,0 +1,246 @@
+"""Command-line interface: ``python -m curator <command> ...`` (``--help`` on each command).
+
+python -m curator run --data mnist5k --ipc 10 --k 20 --out runs/
+python -m curator run --resume runs/RUN_ID
+python -m curator export runs/RUN_ID --out export/ --zip
+python -m curator train-generator --data mnist5k --out assets/generator
+python -m curator train-detector --data mnist5k --out assets/detector
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+
+from curator.config import RunConfig
+
+DEFAULTS = RunConfig()
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    p.add_argument("--data", default=None, help=f"'mnist5k' or an ImageFolder path (default {d.data})")
+    p.add_argument("--generator", default=None, help="generator folder (default: the shipped model)")
+    p.add_argument("--detector", default=None, help="detector folder (default: the shipped model)")
+    p.add_argument("--ipc", type=int, default=None, help=f"images per class (default {d.ipc})")
+    p.add_argument("--k", type=int, default=None, help=f"candidates per anomaly (default {d.k})")
+    p.add_argument("--tau", type=float, default=None, help=f"confidence threshold (default {d.tau})")
+    p.add_argument("--lambda", dest="lam", type=float, default=None, help=f"uniqueness weight (default {d.lam})")
+    p.add_argument("--steps", type=int, default=None, help=f"DDIM steps (default {d.steps})")
+    p.add_argument("--strength", type=float, default=None, help=f"SDEdit strength (default {d.strength})")
+    p.add_argument("--guidance", type=float, default=None, help=f"guidance scale (default {d.guidance})")
+    p.add_argument("--seed", type=int, default=None, help=f"run seed (default {d.seed})")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.add_argument("--classes", default=None, help="comma-separated class names or indices (default: all)")
+    p.add_argument(
+        "--batch-size", dest="batch_size", type=int, default=None, help=f"generator batch (default {d.batch_size})"
+    )
+    p.add_argument("--rounds", type=int, default=None, help=f"automatic refinement rounds (default {d.rounds})")
+
+
+def _config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    values = dict((base or RunConfig()).__dict__)
+    for f in fields(RunConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = [c.strip() for c in v.split(",") if c.strip()] if f.name == "classes" else v
+    return RunConfig(**values).validate()
+
+
+def _progress_bar():
+    from tqdm.auto import tqdm
+
+    state: dict = {"bar": None, "key": None}
+
+    def progress(stage: str, done: int, total: int, label: int) -> None:
+        key = (stage, label)
+        if state["key"] != key:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["bar"] = tqdm(
+                total=total, desc=f"class {label}: {stage}", unit="img" if total > 1 else "step", leave=False
+            )
+            state["key"] = key
+        bar = state["bar"]
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return progress
+
+
+def summary_table(summaries) -> str:
+    import pandas as pd
+
+    rows = [
+        {
+            "class": s.name,
+            "images": s.images,
+            "mismatch": s.label_mismatch,
+            "low_conf": s.low_confidence,
+            "resolved": s.resolved_auto,
+            "overridden": s.overridden,
+            "unresolved": s.unresolved,
+            "conf_before": round(s.confidence_before, 3),
+            "conf_after": round(s.confidence_after, 3),
+            "wall_s": round(s.wall_seconds or 0.0, 1),
+            "status": s.status,
+        }
+        for s in summaries
+    ]
+    df = pd.DataFrame(rows)
+    if len(df):
+        total = {
+            c: df[c].sum() for c in ("images", "mismatch", "low_conf", "resolved", "overridden", "unresolved", "wall_s")
+        }
+        total.update(
+            {
+                "class": "all",
+                "conf_before": round(df["conf_before"].mean(), 3),
+                "conf_after": round(df["conf_after"].mean(), 3),
+                "status": "",
+            }
+        )
+        df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    return df.to_string(index=False)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from curator.pipeline import Pipeline
+    from curator.store import RunStore
+
+    t0 = time.time()
+    if args.resume:
+        store = RunStore.open(args.resume)
+        print(f"resuming run {store.run_id} at {store.path}")
+        pipe = Pipeline(store, progress=_progress_bar())
+    else:
+        config = _config_from_args(args)
+        pipe = Pipeline.create(config, args.out, progress=_progress_bar())
+        store = pipe.store
+        print(f"new run {store.run_id} at {store.path}")
+    if pipe.data.skipped:
+        print(f"skipped {len(pipe.data.skipped)} unreadable file(s):", file=sys.stderr)
+        for path, reason in pipe.data.skipped[:20]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    summaries = pipe.run()
+    print(summary_table(summaries))
+    print(
+        f"run {store.run_id}: {time.time() - t0:.1f} s wall; export with: "
+        f"python -m curator export {store.path} --out {store.path}/export"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from curator.export import export_run
+    from curator.store import RunStore
+
+    store = RunStore.open(args.run)
+    out = export_run(store, args.out or store.path / "export", make_zip=args.zip)
+    print(f"exported to {out}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from curator.pipeline import summarize
+    from curator.store import RunStore
+
+    print(summary_table(summarize(RunStore.open(args.run))))
+    return 0
+
+
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from curator.data import load_dataset
+    from curator.training import train_generator
+
+    data = load_dataset(args.data, size=args.size, channels=args.channels)
+    gen = train_generator(
+        data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device
+    )
+    print(f"generator saved to {args.out} ({gen.num_classes} classes, {gen.resolution}px)")
+    return 0
+
+
+def cmd_train_detector(args: argparse.Namespace) -> int:
+    from curator.data import load_dataset
+    from curator.training import train_detector
+
+    data = load_dataset(args.data, size=args.size, channels=args.channels)
+    det = train_detector(
+        data,
+        args.out,
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        pretrained=args.pretrained,
+        pretrained_file=args.pretrained_file,
+    )
+    print(f"detector saved to {args.out}: test accuracy {det.info['test_accuracy']:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m curator", description="Detector-guided dataset distillation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline headless (or resume a run)")
+    _add_run_args(p)
+    p.add_argument("--out", default="runs", help="folder that holds run folders (default runs/)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue the run folder RUN")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("export", help="export a run as an ImageFolder with metadata.csv")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", default=None, help="export folder (default RUN/export)")
+    p.add_argument("--zip", action="store_true", help="also write OUT.zip")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("summary", help="print a run's per-class summary")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_summary)
+
+    for name, func in (("train-generator", cmd_train_generator), ("train-detector", cmd_train_detector)):
+        p = sub.add_parser(name, help=f"{name.replace('-', ' ')} on a dataset (resumes from OUT/train_state.pt)")
+        p.add_argument("--data", default="mnist5k", help="'mnist5k' or an ImageFolder path")
+        p.add_argument("--out", required=True, help="model folder")
+        p.add_argument("--size", type=int, default=None, help="image size in pixels (default: native, 32 for folders)")
+        p.add_argument("--channels", type=int, default=None, choices=(1, 3), help="1 or 3 (default: from the data)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        p.set_defaults(func=func)
+        if name == "train-generator":
+            p.add_argument("--steps", type=int, default=20000, help="optimiser steps in total")
+            p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+            p.add_argument("--lr", type=float, default=1e-3)
+        else:
+            p.add_argument("--arch", default="resnet10t", help="timm model name")
+            p.add_argument("--epochs", type=int, default=30)
+            p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+            p.add_argument("--lr", type=float, default=2e-3)
+            p.add_argument("--pretrained", action="store_true", help="start from pretrained timm weights")
+            p.add_argument("--pretrained-file", default=None, help="local weights file for --pretrained")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from curator.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; everything decided so far is saved. Resume with --resume RUN", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

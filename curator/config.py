@@ -1,0 +1,76 @@
+"""One dataclass for a run's parameters; the defaults live here and nowhere else.
+
+How the defaults of ``tau`` and ``lam`` were chosen is recorded in README.md ("Choosing tau and
+lambda"), measured on mnist5k with the shipped models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_GENERATOR = str(ASSETS / "generator")
+DEFAULT_DETECTOR = str(ASSETS / "detector")
+
+
+class ConfigError(ValueError):
+    """A parameter outside its valid range; the message names the parameter."""
+
+
+@dataclass
+class RunConfig:
+    data: str = "mnist5k"  # "mnist5k" or an ImageFolder path
+    generator: str = DEFAULT_GENERATOR
+    detector: str = DEFAULT_DETECTOR
+    ipc: int = 10  # images per class
+    k: int = 20  # candidates per anomaly and round
+    tau: float = 0.9  # confidence threshold: below it an image is an anomaly
+    lam: float = 0.5  # weight of uniqueness in the selection score
+    steps: int = 25  # DDIM steps for the full noise range
+    strength: float = 0.7  # SDEdit noise level in (0, 1]; 1 = pure noise
+    guidance: float = 2.0  # classifier-free guidance scale (1 = none)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    classes: list[str] | None = None  # None = all classes
+    batch_size: int = 64  # images per generator batch (before guidance doubling)
+    rounds: int = 1  # automatic refinement rounds per anomaly
+    test_fraction: float = 0.2  # ImageFolder without train/test folders
+    real_sample: int = 50  # real images per class kept for the feature centre and UMAP
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> RunConfig:
+        checks = [
+            ("ipc", self.ipc >= 1, "at least 1"),
+            ("k", self.k >= 1, "at least 1"),
+            ("tau", 0.0 <= self.tau <= 1.0, "in [0, 1]"),
+            ("lam", self.lam >= 0, "0 or more"),
+            ("steps", self.steps >= 1, "at least 1"),
+            ("strength", 0 < self.strength <= 1, "in (0, 1]"),
+            ("guidance", self.guidance >= 0, "0 or more"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("rounds", self.rounds >= 1, "at least 1"),
+            ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
+            ("real_sample", self.real_sample >= 1, "at least 1"),
+            ("device", self.device in ("auto", "cpu") or self.device.startswith("cuda"), "auto, cpu or cuda"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"parameter {name} must be {rule}, got {getattr(self, name)!r}")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown run parameter(s): {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))

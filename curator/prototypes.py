@@ -1,0 +1,45 @@
+"""Class prototypes: k-means centres of a class's images in the generator's init space."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
+from curator.data import DataError
+
+
+def class_prototypes(
+    latents: torch.Tensor, n: int, seed: int = 0, class_name: str = ""
+) -> tuple[torch.Tensor, np.ndarray]:
+    """``n`` k-means centres of ``latents`` [N, ...] (seeded, so repeatable) and each row's cluster.
+
+    Centres are ordered by cluster size (largest first, ties by position) so that prototype 0
+    is the class's most typical mode.
+    """
+    if n < 1:
+        raise DataError(f"IPC must be at least 1, got {n}")
+    if len(latents) < n:
+        raise DataError(f"class {class_name!r} has {len(latents)} training images, fewer than IPC = {n}")
+    flat = latents.reshape(len(latents), -1).double().numpy()
+    km = KMeans(n_clusters=n, n_init=4, random_state=seed).fit(flat)
+    sizes = np.bincount(km.labels_, minlength=n)
+    order = np.argsort(-sizes, kind="stable")
+    remap = np.empty(n, dtype=int)
+    remap[order] = np.arange(n)
+    centres = torch.from_numpy(km.cluster_centers_[order]).float().reshape(n, *latents.shape[1:])
+    return centres, remap[km.labels_]
+
+
+def nearest_to_prototypes(latents: torch.Tensor, centres: torch.Tensor) -> np.ndarray:
+    """Index of the real row nearest each centre (distinct rows), the herding-like baseline."""
+    d = torch.cdist(centres.reshape(len(centres), -1).double(), latents.reshape(len(latents), -1).double())
+    taken: set[int] = set()
+    out = []
+    for row in d:
+        for idx in row.argsort().tolist():
+            if idx not in taken:
+                taken.add(idx)
+                out.append(idx)
+                break
+    return np.asarray(out)

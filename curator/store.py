@@ -1,0 +1,365 @@
+"""The run store: one folder per run, SQLite (WAL) for rows and PNG files for images.
+
+Layout::
+
+    RUN/run.sqlite            rows: run parameters, classes, prototypes, images, decisions, log
+    RUN/images/c<label>/*.png every synthetic image and candidate
+    RUN/prototypes/*.npy      prototypes in the generator's init space (for exact regeneration)
+
+Each write is its own committed transaction, so a killed process loses nothing already written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from curator.config import RunConfig
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS classes (
+    label INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+    wall_seconds REAL, n_train INTEGER);
+CREATE TABLE IF NOT EXISTS prototypes (
+    id INTEGER PRIMARY KEY, label INTEGER NOT NULL, idx INTEGER NOT NULL, file TEXT NOT NULL,
+    preview TEXT NOT NULL, n_members INTEGER, UNIQUE(label, idx));
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY, label INTEGER NOT NULL, prototype_id INTEGER NOT NULL REFERENCES prototypes(id),
+    kind TEXT NOT NULL CHECK (kind IN ('synthetic', 'candidate')),
+    parent_id INTEGER REFERENCES images(id), round INTEGER NOT NULL, position INTEGER NOT NULL,
+    seed INTEGER NOT NULL, file TEXT NOT NULL, confidence REAL, predicted INTEGER, reason TEXT,
+    uniqueness REAL, score REAL, feature BLOB, created REAL NOT NULL,
+    UNIQUE(kind, label, prototype_id, parent_id, round, position));
+CREATE TABLE IF NOT EXISTS decisions (
+    anomaly_id INTEGER PRIMARY KEY REFERENCES images(id),
+    choice TEXT NOT NULL CHECK (choice IN ('candidate', 'original', 'drop', 'unresolved')),
+    candidate_id INTEGER REFERENCES images(id), source TEXT NOT NULL CHECK (source IN ('auto', 'user')),
+    decided REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS decision_log (
+    id INTEGER PRIMARY KEY, anomaly_id INTEGER NOT NULL, before TEXT, after TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS real_features (
+    id INTEGER PRIMARY KEY, label INTEGER NOT NULL, train_index INTEGER NOT NULL, feature BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS images_by_label ON images(label, kind);
+CREATE INDEX IF NOT EXISTS images_by_parent ON images(parent_id);
+"""
+
+
+class StoreError(RuntimeError):
+    """A run folder that is missing, not a run, or inconsistent; the message names the path."""
+
+
+@dataclass
+class Decision:
+    anomaly_id: int
+    choice: str  # candidate | original | drop | unresolved
+    candidate_id: int | None
+    source: str  # auto | user
+
+    def as_json(self) -> str:
+        return json.dumps({"choice": self.choice, "candidate_id": self.candidate_id, "source": self.source})
+
+
+def to_blob(a: np.ndarray) -> bytes:
+    return np.asarray(a, dtype=np.float32).tobytes()
+
+
+def from_blob(b: bytes | None) -> np.ndarray | None:
+    return None if b is None else np.frombuffer(b, dtype=np.float32)
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """Write an image [C, H, W] in [0, 1] as an 8-bit PNG (grayscale or RGB)."""
+    arr = (image.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def load_png(path: Path) -> torch.Tensor:
+    arr = np.asarray(Image.open(path), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+
+
+class RunStore:
+    """A run folder. ``RunStore.create`` starts one; ``RunStore.open`` reopens it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path / "run.sqlite", timeout=30, check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, config: RunConfig, class_names: list[str], run_id: str | None = None) -> RunStore:
+        run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        path = Path(root) / run_id
+        if (path / "run.sqlite").exists():
+            raise StoreError(f"a run already exists at {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        store = cls(path)
+        store.db.executescript(SCHEMA)
+        with store.transaction():
+            store._set_meta("id", run_id)
+            store._set_meta("config", config.to_json())
+            store._set_meta("class_names", json.dumps(class_names))
+            store._set_meta("created", str(time.time()))
+            store.db.executemany("INSERT INTO classes(label, name) VALUES (?, ?)", list(enumerate(class_names)))
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunStore:
+        path = Path(path)
+        if not (path / "run.sqlite").is_file():
+            raise StoreError(f"no run at {path} (expected {path / 'run.sqlite'})")
+        store = cls(path)
+        store.db.executescript(SCHEMA)
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    def transaction(self):
+        return _Transaction(self.db)
+
+    # --- meta ----------------------------------------------------------------------------------
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._set_meta(key, value)
+
+    @property
+    def run_id(self) -> str:
+        return self.meta("id") or self.path.name
+
+    @property
+    def config(self) -> RunConfig:
+        return RunConfig.from_json(self.meta("config"))
+
+    @property
+    def class_names(self) -> list[str]:
+        return json.loads(self.meta("class_names"))
+
+    # --- classes -------------------------------------------------------------------------------
+    def class_status(self, label: int) -> str:
+        return self.db.execute("SELECT status FROM classes WHERE label=?", (label,)).fetchone()[0]
+
+    def set_class_status(self, label: int, status: str, wall_seconds: float | None = None) -> None:
+        self.db.execute(
+            "UPDATE classes SET status=?, wall_seconds=COALESCE(?, wall_seconds) WHERE label=?",
+            (status, wall_seconds, label),
+        )
+
+    def classes(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM classes ORDER BY label").fetchall()
+
+    # --- prototypes ----------------------------------------------------------------------------
+    def add_prototype(self, label: int, idx: int, latent: torch.Tensor, preview: torch.Tensor, n_members: int) -> int:
+        file = f"prototypes/c{label}_p{idx:03d}.npy"
+        png = f"prototypes/c{label}_p{idx:03d}.png"
+        (self.path / "prototypes").mkdir(exist_ok=True)
+        np.save(self.path / file, latent.cpu().numpy())
+        save_png(preview, self.path / png)
+        self.db.execute(
+            "INSERT INTO prototypes(label, idx, file, preview, n_members) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(label, idx) DO UPDATE SET file=excluded.file, preview=excluded.preview, "
+            "n_members=excluded.n_members",
+            (label, idx, file, png, n_members),
+        )
+        return self.db.execute("SELECT id FROM prototypes WHERE label=? AND idx=?", (label, idx)).fetchone()[0]
+
+    def prototypes(self, label: int) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM prototypes WHERE label=? ORDER BY idx", (label,)).fetchall()
+
+    def prototype(self, prototype_id: int) -> sqlite3.Row:
+        return self.db.execute("SELECT * FROM prototypes WHERE id=?", (prototype_id,)).fetchone()
+
+    def prototype_latent(self, prototype_id: int) -> torch.Tensor:
+        return torch.from_numpy(np.load(self.path / self.prototype(prototype_id)["file"]))
+
+    # --- images --------------------------------------------------------------------------------
+    def add_image(
+        self,
+        *,
+        label: int,
+        prototype_id: int,
+        kind: str,
+        parent_id: int | None,
+        round: int,
+        position: int,
+        seed: int,
+        image: torch.Tensor,
+        confidence: float,
+        predicted: int,
+        reason: str | None,
+        feature: np.ndarray,
+        uniqueness: float | None = None,
+        score: float | None = None,
+    ) -> int:
+        tag = "s" if kind == "synthetic" else f"a{parent_id}_r{round}"
+        file = f"images/c{label}/p{prototype_id}_{tag}_{position:02d}.png"
+        save_png(image, self.path / file)
+        cur = self.db.execute(
+            "INSERT INTO images(label, prototype_id, kind, parent_id, round, position, seed, file, confidence, "
+            "predicted, reason, uniqueness, score, feature, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                label,
+                prototype_id,
+                kind,
+                parent_id,
+                round,
+                position,
+                int(seed),
+                file,
+                float(confidence),
+                int(predicted),
+                reason,
+                uniqueness,
+                score,
+                to_blob(feature),
+                time.time(),
+            ),
+        )
+        return int(cur.lastrowid)
+
+    def update_scores(self, image_id: int, uniqueness: float, score: float) -> None:
+        self.db.execute(
+            "UPDATE images SET uniqueness=?, score=? WHERE id=?", (float(uniqueness), float(score), image_id)
+        )
+
+    def image(self, image_id: int) -> sqlite3.Row:
+        row = self.db.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"run {self.run_id} has no image {image_id}")
+        return row
+
+    def synthetic(self, label: int) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT i.* FROM images i JOIN prototypes p ON p.id = i.prototype_id "
+            "WHERE i.label=? AND i.kind='synthetic' ORDER BY p.idx, i.position",
+            (label,),
+        ).fetchall()
+
+    def anomalies(self, label: int | None = None) -> list[sqlite3.Row]:
+        q = (
+            "SELECT i.* FROM images i JOIN prototypes p ON p.id = i.prototype_id "
+            "WHERE i.kind='synthetic' AND i.reason IS NOT NULL"
+        )
+        args: tuple = ()
+        if label is not None:
+            q += " AND i.label=?"
+            args = (label,)
+        return self.db.execute(q + " ORDER BY i.label, p.idx, i.position", args).fetchall()
+
+    def candidates(self, anomaly_id: int) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM images WHERE parent_id=? ORDER BY round, position", (anomaly_id,)
+        ).fetchall()
+
+    def last_round(self, anomaly_id: int) -> int:
+        row = self.db.execute("SELECT MAX(round) FROM images WHERE parent_id=?", (anomaly_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def delete_round(self, anomaly_id: int, round: int) -> None:
+        """Drop a partly written round (a killed process), so it can be generated again whole."""
+        self.db.execute("DELETE FROM images WHERE parent_id=? AND round=?", (anomaly_id, round))
+
+    def load_image(self, row: sqlite3.Row) -> torch.Tensor:
+        return load_png(self.path / row["file"])
+
+    # --- decisions -----------------------------------------------------------------------------
+    def decision(self, anomaly_id: int) -> Decision | None:
+        row = self.db.execute("SELECT * FROM decisions WHERE anomaly_id=?", (anomaly_id,)).fetchone()
+        return None if row is None else Decision(row["anomaly_id"], row["choice"], row["candidate_id"], row["source"])
+
+    def decide(self, decision: Decision, log: bool = True) -> None:
+        """Write a decision now (committed before returning) and append it to the undo log."""
+        with self.transaction():
+            before = self.decision(decision.anomaly_id)
+            self.db.execute(
+                "INSERT INTO decisions(anomaly_id, choice, candidate_id, source, decided) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(anomaly_id) DO UPDATE SET choice=excluded.choice, candidate_id=excluded.candidate_id, "
+                "source=excluded.source, decided=excluded.decided",
+                (decision.anomaly_id, decision.choice, decision.candidate_id, decision.source, time.time()),
+            )
+            if log:
+                self.db.execute(
+                    "INSERT INTO decision_log(anomaly_id, before, after, at) VALUES (?,?,?,?)",
+                    (decision.anomaly_id, before.as_json() if before else None, decision.as_json(), time.time()),
+                )
+
+    def undo_last(self) -> Decision | None:
+        """Revert the most recent logged decision; returns the decision now in force (or None)."""
+        with self.transaction():
+            row = self.db.execute("SELECT * FROM decision_log ORDER BY id DESC LIMIT 1").fetchone()
+            if row is None:
+                return None
+            self.db.execute("DELETE FROM decision_log WHERE id=?", (row["id"],))
+            if row["before"] is None:
+                self.db.execute("DELETE FROM decisions WHERE anomaly_id=?", (row["anomaly_id"],))
+                return None
+            d = Decision(row["anomaly_id"], **json.loads(row["before"]))
+            self.decide(d, log=False)
+            return d
+
+    # --- real features (feature centre, UMAP) --------------------------------------------------
+    def set_real_features(self, label: int, indices: np.ndarray, features: np.ndarray) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM real_features WHERE label=?", (label,))
+            self.db.executemany(
+                "INSERT INTO real_features(label, train_index, feature) VALUES (?,?,?)",
+                [(label, int(i), to_blob(f)) for i, f in zip(indices, features)],
+            )
+
+    def real_features(self, label: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        q, args = "SELECT label, train_index, feature FROM real_features", ()
+        if label is not None:
+            q, args = q + " WHERE label=?", (label,)
+        rows = self.db.execute(q + " ORDER BY id", args).fetchall()
+        if not rows:
+            return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 0), np.float32)
+        return (
+            np.array([r[0] for r in rows]),
+            np.array([r[1] for r in rows]),
+            np.stack([from_blob(r[2]) for r in rows]),
+        )
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error); nested uses join the outer one."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+        self.outer = False
+
+    def __enter__(self):
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.outer = True
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.outer:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

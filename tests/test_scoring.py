@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from curator.scoring import (
+    LABEL_MISMATCH,
+    LOW_CONFIDENCE,
+    anomaly_reasons,
+    normalize_features,
+    score_candidates,
+    select_greedy,
+    uniqueness,
+)
+
+
+def test_anomaly_rule_at_the_threshold_boundary():
+    probs = np.array([[0.9, 0.1], [0.8999, 0.1001], [0.3, 0.7], [1.0, 0.0]])
+    labels = np.array([0, 0, 0, 1])
+    assert anomaly_reasons(probs, labels, tau=0.9) == [None, LOW_CONFIDENCE, LABEL_MISMATCH, LABEL_MISMATCH]
+
+
+def test_mismatch_wins_over_low_confidence_and_tau_zero_flags_only_mismatches():
+    probs = np.array([[0.4, 0.35, 0.25], [0.2, 0.5, 0.3]])
+    assert anomaly_reasons(probs, np.array([0, 0]), tau=0.0) == [None, LABEL_MISMATCH]
+    assert anomaly_reasons(probs, np.array([0, 0]), tau=0.95) == [LOW_CONFIDENCE, LABEL_MISMATCH]
+
+
+def test_uniqueness_hand_computed():
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    c = normalize_features(np.array([[1.0, 0.0], [1.0, 1.0], [-1.0, -1.0]]))
+    u = uniqueness(c, q)
+    np.testing.assert_allclose(u, [0.0, 1 - np.sqrt(0.5), 1.0], atol=1e-6)
+    np.testing.assert_array_equal(uniqueness(c, None), [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(uniqueness(c, np.zeros((0, 2))), [1.0, 1.0, 1.0])
+    assert ((u >= 0) & (u <= 1)).all()
+
+
+def test_centering_makes_positive_features_discriminative():
+    rng = np.random.default_rng(0)
+    feats = np.abs(rng.normal(size=(50, 32))) + 2.0  # all positive, like post-ReLU features
+    raw = uniqueness(normalize_features(feats[:10]), normalize_features(feats[10:]))
+    centred = uniqueness(normalize_features(feats[:10], feats.mean(0)), normalize_features(feats[10:], feats.mean(0)))
+    assert np.ptp(raw) < 0.05
+    assert np.ptp(centred) > 5 * np.ptp(raw)
+
+
+def test_confident_near_duplicate_loses_to_less_confident_unique_at_lambda_one():
+    qualified = normalize_features(np.array([[1.0, 0.0, 0.0]]))
+    feats = normalize_features(np.array([[1.0, 0.01, 0.0], [0.0, 0.0, 1.0]]))  # a near-twin, a unique one
+    conf, pred = np.array([0.99, 0.90]), np.array([2, 2])
+    assert score_candidates(conf, pred, feats, 2, qualified, lam=1.0).pick == 1
+    assert score_candidates(conf, pred, feats, 2, qualified, lam=0.0).pick == 0
+
+
+def test_mismatched_candidate_never_wins():
+    feats = normalize_features(np.eye(3))
+    sel = score_candidates(np.array([0.05, 0.6, 0.4]), np.array([1, 0, 1]), feats, 1, None, lam=10.0)
+    assert sel.pick == 2  # candidate 1 has the highest score but is predicted as class 0
+    assert sel.score[1] > sel.score[2]
+    assert not sel.consistent[1]
+
+
+def test_no_consistent_candidate_is_unresolved():
+    sel = score_candidates(np.array([0.2, 0.3]), np.array([0, 0]), normalize_features(np.eye(2)), 1, None, lam=0.5)
+    assert sel.pick is None
+
+
+def test_greedy_order_makes_two_anomalies_of_one_class_pick_different_candidates():
+    # Two anomalies of class 0 whose candidate sets contain the same best image (feature a).
+    a, b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    feats = normalize_features(np.stack([a, b]))
+    conf, pred = np.array([0.95, 0.90]), np.array([0, 0])
+    qualified = {0: normalize_features(np.array([[0.0, 0.0, 1.0]]))}
+    sels = select_greedy([0, 0], [conf, conf], [pred, pred], [feats, feats], qualified, lam=1.0)
+    assert sels[0].pick == 0 and sels[1].pick == 1
+    assert sels[1].uniqueness[0] == pytest.approx(0.0, abs=1e-6)
+    # Without the greedy update both would pick the same candidate.
+    independent = [score_candidates(conf, pred, feats, 0, qualified[0], 1.0).pick for _ in range(2)]
+    assert independent == [0, 0]
+    assert qualified[0].shape == (1, 3)  # input not modified
+
+
+def test_greedy_keeps_a_persons_choice_in_the_pool():
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    feats = normalize_features(np.stack([a, b]))
+    conf, pred = np.array([0.95, 0.90]), np.array([0, 0])
+    # the person chose candidate b for anomaly 0; anomaly 1 must then avoid b and pick a
+    sels = select_greedy([0, 0], [conf, conf], [pred, pred], [feats, feats], {}, lam=1.0, keep=[feats[[1]], None])
+    assert sels[1].pick == 0
+    assert sels[1].uniqueness[1] == pytest.approx(0.0, abs=1e-6)
