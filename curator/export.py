@@ -8,7 +8,8 @@ Layout::
     OUT/run.json       the run's parameters, id, class names and per-class summary
 
 ``torchvision.datasets.ImageFolder(OUT)`` and ``datasets.load_dataset("imagefolder", data_dir=OUT)``
-both load it; ``label`` is the class index in the sorted order of the class folder names.
+both load it; ``label`` is the class index in the sorted order of the class folders present in the
+export (what ImageFolder assigns), so a class with no curated image shifts no label silently.
 """
 
 from __future__ import annotations
@@ -47,30 +48,30 @@ def export_run(store: RunStore, out: str | Path, make_zip: bool = False) -> Path
         shutil.rmtree(out)
     out.mkdir(parents=True)
     names = store.class_names
-    order = {name: i for i, name in enumerate(sorted(names))}
+    items = [(label, name, item) for label, name in enumerate(names) for item in final_set(store, label)]
+    order = {name: i for i, name in enumerate(sorted({name for _, name, _ in items}))}
     rows = []
-    for label, name in enumerate(names):
-        for item in final_set(store, label):
-            r = item["row"]
-            proto = store.prototype(r["prototype_id"])
-            file_name = f"{name}/c{label}_p{proto['idx']:03d}_{r['id']:06d}.png"
-            (out / name).mkdir(exist_ok=True)
-            shutil.copyfile(store.path / r["file"], out / file_name)
-            rows.append(
-                {
-                    "file_name": file_name,
-                    "label": order[name],
-                    "class_name": name,
-                    "source": item["source"],
-                    "prototype_id": proto["idx"],
-                    "seed": r["seed"],
-                    "confidence": r["confidence"],
-                    "uniqueness": r["uniqueness"],
-                    "score": r["score"],
-                    "decision": item["decision"],
-                    "run_id": store.run_id,
-                }
-            )
+    for label, name, item in items:
+        r = item["row"]
+        proto = store.prototype(r["prototype_id"])
+        file_name = f"{name}/c{label}_p{proto['idx']:03d}_{r['id']:06d}.png"
+        (out / name).mkdir(exist_ok=True)
+        shutil.copyfile(store.path / r["file"], out / file_name)
+        rows.append(
+            {
+                "file_name": file_name,
+                "label": order[name],
+                "class_name": name,
+                "source": item["source"],
+                "prototype_id": proto["idx"],
+                "seed": r["seed"],
+                "confidence": r["confidence"],
+                "uniqueness": r["uniqueness"],
+                "score": r["score"],
+                "decision": item["decision"],
+                "run_id": store.run_id,
+            }
+        )
     pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "metadata.csv", index=False)
     summary = [asdict(s) for s in summarize(store)]
     (out / "run.json").write_text(

@@ -1,0 +1,142 @@
+"""The pipeline on tiny random models: stages, store contents, decisions, resume, exact regeneration."""
+
+import numpy as np
+import pytest
+import torch
+
+from curator.config import RunConfig
+from curator.data import DataError
+from curator.pipeline import Cancelled, Pipeline, final_set, summarize, user_decide
+from curator.store import RunStore, StoreError, load_png
+
+
+def make_pipeline(tmp_path, mnist, gen, det, **overrides):
+    cfg = dict(ipc=3, k=4, steps=3, strength=0.6, tau=0.9, classes=["0", "1"], batch_size=8, real_sample=5)
+    cfg.update(overrides)
+    return Pipeline.create(RunConfig(**cfg), str(tmp_path / "runs"), data=mnist, generator=gen, detector=det)
+
+
+def test_a_run_stores_every_stage_with_provenance(tmp_path, mnist, tiny_generator, tiny_detector):
+    stages = []
+    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector)
+    pipe.progress = lambda stage, done, total, label: stages.append(stage)
+    summaries = pipe.run()
+    assert [s.status for s in summaries] == ["done", "done"]
+    assert {"prototypes", "synthesis", "inspection", "selection"} <= set(stages)
+    store = pipe.store
+    for label in (0, 1):
+        synth = store.synthetic(label)
+        assert len(synth) == 3 and len(store.prototypes(label)) == 3
+        for row in synth:
+            assert (store.path / row["file"]).is_file()
+            assert 0 <= row["confidence"] <= 1
+        for a in store.anomalies(label):
+            cands = store.candidates(a["id"])
+            assert len(cands) == 4
+            assert {c["prototype_id"] for c in cands} == {a["prototype_id"]}
+            assert {c["label"] for c in cands} == {label}
+            assert len({c["seed"] for c in cands}) == 4
+            d = store.decision(a["id"])
+            assert d.source == "auto"
+            if d.choice == "candidate":
+                picked = store.image(d.candidate_id)
+                assert picked["predicted"] == label  # never a label-inconsistent pick
+            else:
+                assert d.choice == "unresolved"
+                assert all(c["predicted"] != label for c in cands)
+    s = summaries[0]
+    assert s.anomalies == len(store.anomalies(0))
+    assert s.resolved_auto + s.unresolved == s.anomalies
+
+
+def test_anomalies_follow_tau(tmp_path, mnist, tiny_generator, tiny_detector):
+    none = make_pipeline(tmp_path / "a", mnist, tiny_generator, tiny_detector, tau=0.0, k=1)
+    everything = make_pipeline(tmp_path / "b", mnist, tiny_generator, tiny_detector, tau=1.0, k=1)
+    none.run(), everything.run()
+    mismatches = sum(r["predicted"] != r["label"] for lab in (0, 1) for r in none.store.synthetic(lab))
+    assert len(none.store.anomalies()) == mismatches
+    assert len(everything.store.anomalies()) == 6
+
+
+def test_exact_regeneration_from_stored_seed_and_prototype(tmp_path, mnist, tiny_generator, tiny_detector):
+    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
+    pipe.run()
+    store, cfg = pipe.store, pipe.config
+    for row in [store.synthetic(0)[1], store.candidates(store.anomalies(1)[0]["id"])[2]]:
+        init = store.prototype_latent(row["prototype_id"])[None]
+        again = tiny_generator.generate(init, [row["label"]], [row["seed"]], strength=cfg.strength,
+                                        guidance=cfg.guidance, steps=cfg.steps)
+        stored = load_png(store.path / row["file"])
+        assert (again[0] - stored).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_user_decisions_undo_and_regenerate(tmp_path, mnist, tiny_generator, tiny_detector):
+    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
+    pipe.run()
+    store = pipe.store
+    a = store.anomalies(0)[0]
+    cands = store.candidates(a["id"])
+    auto = store.decision(a["id"])
+    user_decide(store, a["id"], "candidate", cands[-1]["id"])
+    assert store.decision(a["id"]).source == "user"
+    user_decide(store, a["id"], "drop")
+    assert a["id"] not in [f["row"]["id"] for f in final_set(store, 0)]
+    assert store.undo_last().choice == "candidate"
+    assert store.undo_last() == auto  # undoing the first user decision restores the automatic one
+    assert store.decision(a["id"]) == auto
+    assert store.undo_last() is None  # nothing left to undo
+    with pytest.raises(StoreError, match="not a candidate"):
+        user_decide(store, a["id"], "candidate", store.synthetic(1)[0]["id"])
+    user_decide(store, a["id"], "original")
+    round_ = pipe.regenerate(a["id"])
+    assert round_ == 2 and len(store.candidates(a["id"])) == 8
+    assert store.decision(a["id"]).choice == "original"  # a person's decision survives rescoring
+    assert summarize(store, [0])[0].overridden == 1
+
+
+def test_resume_after_cancel_mid_class_keeps_finished_work(tmp_path, mnist, tiny_generator, tiny_detector):
+    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
+    pipe.run_class(0)
+    before = {r["id"]: (r["file"], r["created"]) for r in pipe.store.db.execute("SELECT * FROM images")}
+    wall0 = pipe.store.classes()[0]["wall_seconds"]
+    calls = {"n": 0}
+
+    def cancel_in_refinement() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    pipe.cancel = cancel_in_refinement
+    with pytest.raises(Cancelled):
+        pipe.run_class(1)
+    assert pipe.store.class_status(1) == "running"
+    resumed = Pipeline(RunStore.open(pipe.store.path), data=mnist, generator=tiny_generator, detector=tiny_detector)
+    summaries = resumed.run()
+    assert [s.status for s in summaries] == ["done", "done"]
+    after = {r["id"]: (r["file"], r["created"]) for r in resumed.store.db.execute("SELECT * FROM images")}
+    assert all(after[i] == v for i, v in before.items())  # class 0 untouched
+    assert resumed.store.classes()[0]["wall_seconds"] == wall0
+    assert len(resumed.store.synthetic(1)) == 3
+
+
+def test_ipc_larger_than_a_class_fails_before_creating_a_run(tmp_path, mnist, tiny_generator, tiny_detector):
+    with pytest.raises(DataError, match=r"IPC = 401 is larger than these classes.*'0' \(400 images\)"):
+        make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, ipc=401)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_unknown_class_and_mismatched_models_are_clear_errors(tmp_path, mnist, tiny_generator, tiny_detector):
+    with pytest.raises(DataError, match="unknown class 'seven'"):
+        make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, classes=["seven"])
+    from conftest import make_tiny_detector
+    with pytest.raises(DataError, match="detector has 3 classes"):
+        make_pipeline(tmp_path, mnist, tiny_generator, make_tiny_detector(["a", "b", "c"]))
+
+
+def test_feature_centre_is_the_real_sample_mean(tmp_path, mnist, tiny_generator, tiny_detector):
+    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector)
+    centre = pipe.feature_center()
+    labels, idx, feats = pipe.store.real_features()
+    assert np.bincount(labels).tolist() == [5] * 10
+    np.testing.assert_allclose(centre, feats.mean(0), rtol=1e-6)
+    direct = tiny_detector.inspect(mnist.train.images[torch.from_numpy(idx[:5])]).features
+    np.testing.assert_allclose(direct, feats[:5], rtol=1e-4, atol=1e-5)
