@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -163,7 +164,7 @@ def train_generator(
         opt.step()
         ema.step(unet.parameters())
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if step % checkpoint_every == 0 or time.time() - last_ckpt > checkpoint_minutes * 60 or step == steps:
@@ -223,8 +224,14 @@ def train_detector(
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
         start_epoch, elapsed = state["epoch"], state.get("elapsed", 0.0)
+        if state.get("epochs") == epochs:
+            sched.load_state_dict(state["sched"])
+        else:  # more (or fewer) epochs asked for: continue at the same step of the new schedule
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for _ in range(min(start_epoch, epochs) * steps_per_epoch):
+                    sched.step()
         _set_rng_state(state["rng"])
     t_start = time.time()
     images, labels = data.train.images, torch.from_numpy(data.train.labels)
@@ -248,6 +255,7 @@ def train_detector(
                 "opt": opt.state_dict(),
                 "sched": sched.state_dict(),
                 "epoch": epoch + 1,
+                "epochs": epochs,
                 "rng": _rng_state(),
                 "elapsed": elapsed + time.time() - t_start,
             },
