@@ -3,6 +3,7 @@
 python -m curator run --data mnist5k --ipc 10 --k 20 --out runs/
 python -m curator run --resume runs/RUN_ID
 python -m curator export runs/RUN_ID --out export/ --zip
+python -m curator evaluate runs/RUN_ID --student convnet --seeds 3
 python -m curator train-generator --data mnist5k --out assets/generator
 python -m curator train-detector --data mnist5k --out assets/detector
 """
@@ -13,6 +14,7 @@ import argparse
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 
 from curator.config import RunConfig
 
@@ -38,10 +40,28 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--batch-size", dest="batch_size", type=int, default=None, help=f"generator batch (default {d.batch_size})"
     )
     p.add_argument("--rounds", type=int, default=None, help=f"automatic refinement rounds (default {d.rounds})")
+    p.add_argument(
+        "--prompt-template",
+        dest="prompt_template",
+        default=None,
+        help="Stable Diffusion prompt per class, {name} = class name (default '{name}')",
+    )
+    p.add_argument("--negative-prompt", dest="negative_prompt", default=None, help="Stable Diffusion negative prompt")
+    p.add_argument(
+        "--class-map",
+        dest="class_map",
+        default=None,
+        help="DiT: JSON file {class name: ImageNet id} or 'imagenette' (default: ImageNette ids, the model's labels)",
+    )
+    p.add_argument("--dtype", default=None, help="auto | float32 | float16 | bfloat16 (default auto: float16 on CUDA)")
 
 
 def _config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
     values = dict((base or RunConfig()).__dict__)
+    if base is None and getattr(args, "generator", None):
+        from curator.backends import backend_defaults
+
+        values.update(backend_defaults(args.generator))  # e.g. guidance 8 for Stable Diffusion; flags still win
     for f in fields(RunConfig):
         v = getattr(args, f.name, None)
         if v is not None:
@@ -152,6 +172,58 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from curator.evaluation import evaluate_set, load_eval_set
+
+    es = load_eval_set(args.path, test_data=args.test_data)
+    print(f"evaluating {es.source} {args.path}: {len(es.images)} training images, on the {es.test_source}")
+    result = evaluate_set(
+        es,
+        student=args.student,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        device=args.device,
+        flip=args.flip,
+        progress=lambda seed, acc: print(f"  seed {seed}: top-1 {100 * acc:.2f} %", flush=True),
+    )
+    print(result.summary())
+    return 0
+
+
+def cmd_check_generator(args: argparse.Namespace) -> int:
+    from curator.data import load_dataset
+    from curator.detector import Detector
+    from curator.pipeline import load_generator, prepare_generator
+    from curator.quality import label_consistency, sample_grid
+    from curator.store import save_png
+    from curator.training import pick_device
+
+    device = pick_device(args.device)
+    gen = load_generator(args.generator, device)
+    det = Detector.load(args.detector, device)
+    data = load_dataset(args.data, size=gen.resolution, channels=gen.channels)
+    prepare_generator(gen, data.class_names)
+    for name, strength in (("pure noise", 1.0), (f"prototypes, strength {args.strength}", args.strength)):
+        share, per_class, images = label_consistency(
+            gen,
+            det,
+            data,
+            per_class=args.per_class,
+            strength=strength,
+            guidance=args.guidance,
+            steps=args.steps,
+            seed=args.seed,
+        )
+        print(
+            f"{name}: {100 * share:.1f} % of {len(images)} samples assigned to their class by the detector; "
+            f"per class {', '.join(f'{n} {100 * v:.0f}' for n, v in zip(data.class_names, per_class))}"
+        )
+        if args.grid and strength == 1.0:
+            save_png(sample_grid(images, args.per_class), Path(args.grid))
+            print(f"sample grid (one class per row) written to {args.grid}")
+    return 0
+
+
 def cmd_train_generator(args: argparse.Namespace) -> int:
     from curator.data import load_dataset
     from curator.training import train_generator
@@ -166,9 +238,11 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
 def cmd_train_detector(args: argparse.Namespace) -> int:
     from curator.data import load_dataset
+    from curator.detector import default_input_size
     from curator.training import train_detector
 
-    data = load_dataset(args.data, size=args.size, channels=args.channels)
+    size = args.size or (default_input_size(args.arch) if args.pretrained else None)  # pretrained: timm's size
+    data = load_dataset(args.data, size=size, channels=args.channels)
     det = train_detector(
         data,
         args.out,
@@ -201,9 +275,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zip", action="store_true", help="also write OUT.zip")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("check-generator", help="share of a generator's samples the detector assigns to their class")
+    p.add_argument("--generator", default=DEFAULTS.generator, help="generator folder (default: shipped)")
+    p.add_argument("--detector", default=DEFAULTS.detector, help="detector folder (default: shipped)")
+    p.add_argument("--data", default="mnist5k", help="dataset for the prototypes")
+    p.add_argument("--per-class", dest="per_class", type=int, default=20, help="samples per class (default 20)")
+    p.add_argument("--strength", type=float, default=DEFAULTS.strength)
+    p.add_argument("--guidance", type=float, default=DEFAULTS.guidance)
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--grid", default=None, help="write a PNG grid of the pure-noise samples here")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_check_generator)
+
     p = sub.add_parser("summary", help="print a run's per-class summary")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("evaluate", help="train students on a distilled set, report top-1 on the real test split")
+    p.add_argument("path", help="run folder, export, or ImageFolder (then --test-data is needed)")
+    p.add_argument("--student", default="convnet", choices=("convnet",), help="student network (default convnet)")
+    p.add_argument("--seeds", type=int, default=3, help="students trained, seeds 0..N-1 (default 3)")
+    p.add_argument("--epochs", type=int, default=None, help="default: about 300 SGD steps (300 epochs <= 256 images)")
+    p.add_argument(
+        "--test-data",
+        dest="test_data",
+        default=None,
+        help="'mnist5k' or a dataset path whose test split to use (default: the run's dataset)",
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--flip", action="store_true", help="also augment with mirror flips (not for digits)")
+    p.set_defaults(func=cmd_evaluate)
 
     for name, func in (("train-generator", cmd_train_generator), ("train-detector", cmd_train_detector)):
         p = sub.add_parser(name, help=f"{name.replace('-', ' ')} on a dataset (resumes from OUT/train_state.pt)")
@@ -219,12 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
             p.add_argument("--lr", type=float, default=1e-3)
         else:
-            p.add_argument("--arch", default="resnet10t", help="timm model name")
+            p.add_argument("--model", "--arch", dest="arch", default="resnet10t", help="timm model name, e.g. resnet18")
             p.add_argument("--epochs", type=int, default=30)
             p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
             p.add_argument("--lr", type=float, default=2e-3)
-            p.add_argument("--pretrained", action="store_true", help="start from pretrained timm weights")
-            p.add_argument("--pretrained-file", default=None, help="local weights file for --pretrained")
+            p.add_argument(
+                "--pretrained",
+                action="store_true",
+                help="fine-tune from pretrained timm weights (--pretrained-file, else the Hugging Face cache); "
+                "without --size, images are read at the model's pretrained input size",
+            )
+            p.add_argument(
+                "--pretrained-file", default=None, help="local weights file (.safetensors/.pth) for --pretrained"
+            )
     return parser
 
 

@@ -19,6 +19,14 @@ class ConfigError(ValueError):
     """A parameter outside its valid range; the message names the parameter."""
 
 
+def _formats(template: str) -> bool:
+    try:
+        template.format(name="x")
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return False
+    return True
+
+
 @dataclass
 class RunConfig:
     data: str = "mnist5k"  # "mnist5k" or an ImageFolder path
@@ -38,6 +46,11 @@ class RunConfig:
     rounds: int = 1  # automatic refinement rounds per anomaly
     test_fraction: float = 0.2  # ImageFolder without train/test folders
     real_sample: int = 50  # real images per class kept for the feature centre and UMAP
+    # Large-model backends (curator/backends): ignored by the built-in pixel model.
+    prompt_template: str = "{name}"  # Stable Diffusion prompt per class; {name} = readable class name
+    negative_prompt: str = ""  # Stable Diffusion negative prompt ("" = none)
+    class_map: dict | str | None = None  # DiT: {class name: ImageNet id}, a JSON file, or "imagenette"
+    dtype: str = "auto"  # auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
@@ -54,6 +67,8 @@ class RunConfig:
             ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
             ("real_sample", self.real_sample >= 1, "at least 1"),
             ("device", self.device in ("auto", "cpu") or self.device.startswith("cuda"), "auto, cpu or cuda"),
+            ("dtype", self.dtype in ("auto", "float32", "float16", "bfloat16"), "auto, float32, float16 or bfloat16"),
+            ("prompt_template", _formats(self.prompt_template), "a text whose only field is {name}"),
         ]
         for name, ok, rule in checks:
             if not ok:

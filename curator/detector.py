@@ -26,6 +26,17 @@ DEFAULT_ARCH = "resnet10t"
 SMALL_INPUT_KWARGS = {"channels": [32, 64, 128, 256], "output_stride": 8}
 
 
+def _hub_id(arch: str) -> str:
+    cfg = timm.models.get_pretrained_cfg(arch)
+    return getattr(cfg, "hf_hub_id", None) or f"timm/{arch}"
+
+
+def default_input_size(arch: str) -> int | None:
+    """The image side timm's pretrained config gives ``arch`` (e.g. 224), or None if timm has none."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
+
+
 @dataclass
 class Inspection:
     """Detector outputs for N images: probabilities [N, K] (rows sum to 1) and features [N, D]."""
@@ -65,20 +76,26 @@ class Detector:
         cls,
         arch: str,
         class_names: list[str],
-        input_size: int,
+        input_size: int | None,
         channels: int,
         model_kwargs: dict | None = None,
         pretrained: bool = False,
         pretrained_file: str | None = None,
         device: torch.device | str = "cpu",
     ) -> Detector:
-        """A fresh timm model; ``pretrained`` loads weights from ``pretrained_file`` or the HF cache."""
+        """A fresh timm model; ``pretrained`` loads weights from ``pretrained_file`` or the HF cache.
+
+        ``input_size`` None takes timm's data config (the size the weights were trained at); the
+        normalisation is timm's for pretrained weights, 0.5/0.5 for a model trained from scratch.
+        """
         kwargs = dict(
             model_kwargs if model_kwargs is not None else (SMALL_INPUT_KWARGS if arch == DEFAULT_ARCH else {})
         )
         create_kwargs = dict(kwargs)
         if pretrained and pretrained_file:
-            create_kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
+            if not Path(pretrained_file).expanduser().is_file():
+                raise ModelFileError(f"pretrained weights file {pretrained_file} does not exist")
+            create_kwargs["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
         try:
             model = timm.create_model(
                 arch, pretrained=pretrained, num_classes=len(class_names), in_chans=channels, **create_kwargs
@@ -87,7 +104,16 @@ class Detector:
             if "Unknown model" in str(exc):
                 raise ValueError(f"timm has no model named {arch!r}") from exc
             raise
+        except OSError as exc:  # not in the Hugging Face cache (HF_HUB_OFFLINE=1), or an unreadable file
+            where = pretrained_file or f"the Hugging Face cache ({_hub_id(arch)})"
+            raise ModelFileError(
+                f"cannot load pretrained weights for timm model {arch!r} from {where}: {exc}. Nothing is downloaded "
+                "at run time: pass --pretrained-file with a local weights file, or fetch the weights once on a "
+                "machine with internet"
+            ) from exc
         cfg = timm.data.resolve_data_config({}, model=model)
+        if input_size is None:  # the model's own input size (224 for ImageNet-pretrained resnet18)
+            input_size = int(cfg["input_size"][-1])
         mean, std = cfg["mean"], cfg["std"]
         if channels == 1:
             mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)

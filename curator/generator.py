@@ -33,10 +33,19 @@ class ModelFileError(FileNotFoundError):
 
 
 class Generator(Protocol):
+    """What the pipeline and the app need from a generator (PixelDiffusion, curator.backends.*).
+
+    ``generate`` must make each image depend only on its own seed (per-image noise from a CPU
+    ``torch.Generator``), so that (prototype, seed, parameters) regenerates it exactly. Backends
+    that take the dataset's classes at run time (Stable Diffusion prompts, DiT ImageNet ids) also
+    have ``configure(class_names, **options)``; see ``curator.pipeline.prepare_generator``.
+    """
+
     num_classes: int
-    resolution: int
-    channels: int
+    resolution: int  # image side in pixels that encode() reads and generate() returns
+    channels: int  # image channels (1 or 3)
     device: torch.device
+    class_names: list[str]
 
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 

@@ -19,7 +19,7 @@ import torch
 from curator.config import RunConfig
 from curator.data import DataError, Dataset, load_dataset
 from curator.detector import Detector
-from curator.generator import Generator, PixelDiffusion
+from curator.generator import Generator
 from curator.prototypes import class_prototypes
 from curator.scoring import anomaly_reasons, normalize_features, select_greedy
 from curator.store import Decision, RunStore, StoreError, from_blob
@@ -38,8 +38,41 @@ def derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def load_generator(path: str, device: torch.device | str = "cpu") -> Generator:
-    return PixelDiffusion.from_pretrained(path, device)
+def generator_options(config: RunConfig | None) -> dict:
+    """The run parameters the large-model backends read (prompts, DiT class map); see curator.backends."""
+    if config is None:
+        return {}
+    return {
+        "prompt_template": config.prompt_template,
+        "negative_prompt": config.negative_prompt,
+        "class_map": config.class_map,
+    }
+
+
+def load_generator(
+    path: str,
+    device: torch.device | str = "cpu",
+    class_names: list[str] | None = None,
+    config: RunConfig | None = None,
+) -> Generator:
+    """The generator in ``path`` (a folder or a cached Hugging Face id), backend chosen by its files.
+
+    Built-in pixel model, Stable Diffusion or DiT (see ``curator.backends.loader``). Open-vocabulary
+    backends need the dataset's ``class_names`` (prompts, ImageNet ids); without them, bind them
+    later with ``prepare_generator``. ``config`` supplies dtype, prompt template, negative prompt
+    and class map.
+    """
+    from curator.backends import load_generator as load_backend
+
+    dtype = config.dtype if config is not None else "auto"
+    return load_backend(path, device, class_names, dtype=dtype, **generator_options(config))
+
+
+def prepare_generator(generator: Generator, class_names: list[str], config: RunConfig | None = None) -> Generator:
+    """Bind a dataset's class names and the run's prompt/class-map options (no-op for the pixel model)."""
+    from curator.backends import configure_generator
+
+    return configure_generator(generator, class_names, **generator_options(config))
 
 
 @dataclass
@@ -365,7 +398,9 @@ def load_components(
 ) -> tuple[Dataset, Generator, Detector]:
     """Load whatever of (data, generator, detector) is not given, and check that they fit together."""
     device = pick_device(config.device)
-    generator = generator or load_generator(config.generator, device)
+    # The data is read at the generator's resolution, so the generator loads first; open-vocabulary
+    # backends get the dataset's class names once the data is known (prepare_generator).
+    generator = generator or load_generator(config.generator, device, config=config)
     detector = detector or Detector.load(config.detector, device)
     data = data or load_dataset(
         config.data,
@@ -374,6 +409,7 @@ def load_components(
         test_fraction=config.test_fraction,
         seed=config.seed,
     )
+    prepare_generator(generator, data.class_names, config)
     check_compatible(data, generator, detector)
     return data, generator, detector
 

@@ -248,7 +248,7 @@ def train_detector(
             loss.backward()
             opt.step()
             sched.step()
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         _save_atomic(
             {
                 "model": model.state_dict(),

@@ -1,0 +1,351 @@
+"""Quality benchmark: does detector-guided refinement make a better distilled set?
+
+    taskset -c 1 .venv/bin/python -m benchmarks.quality            # full: hours on one CPU core
+    .venv/bin/python -m benchmarks.quality --jobs 2 --threads 1      # both cores, one student each
+    .venv/bin/python -m benchmarks.quality --quick                   # seconds: a plumbing check
+
+For each IPC (default 1, 10, 50) on ``--data`` (default mnist5k) it builds these sets:
+
+* ``random_real``: IPC random real training images per class (a new draw per seed);
+* ``nearest_real``: the real image nearest each k-means prototype (``nearest_to_prototypes``,
+  the same prototypes the run used);
+* ``unrefined``: the initial synthesis, one SDEdit image per prototype, anomalies included;
+* ``refined``: the run's curated set with automatic picks (``pipeline.final_set``);
+* ``refined_lam0`` / ``refined_lam_high``: ablations, selection re-run with lambda = 0
+  (confidence only) and lambda = ``--lam-high`` on the same stored candidates (candidates do not
+  depend on lambda, so no generation is needed; ``reselect``).
+
+The pipeline runs once per IPC (seed 0, the RunConfig defaults otherwise) into
+``benchmarks/_work/runs/``. Each set trains one student per seed (``curator.evaluation``,
+ConvNet-3, default protocol) and is tested on the real test split. Each set's label consistency
+is the share of its images that the shipped detector, and separately an independently trained
+classifier (``benchmarks.classifier``, cached under ``_work/``), assign to the intended label.
+
+Resumable: a row is appended to ``quality.csv`` as each student finishes, and rows already there
+(same generator fingerprint, IPC, method, seed) are skipped; the pipeline runs resume too. After
+each IPC, ``RESULTS.md`` is rewritten from the CSV (tables, targets met or missed, machine, date,
+command). A changed generator gets a new fingerprint, so its rows and runs start afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
+from curator.data import Dataset, ImageSet, load_dataset
+from curator.detector import Detector
+from curator.evaluation import default_epochs, top1_accuracy, train_student
+from curator.pipeline import Pipeline, final_set, load_generator, summarize
+from curator.prototypes import nearest_to_prototypes
+from curator.scoring import select_greedy
+from curator.store import RunStore
+from curator.training import pick_device
+
+HERE = Path(__file__).resolve().parent
+METHODS = ("random_real", "nearest_real", "unrefined", "refined", "refined_lam0", "refined_lam_high")
+COLUMNS = [
+    "generator", "ipc", "method", "seed", "top1", "n_images", "detector_consistency",
+    "independent_consistency", "epochs", "student_seconds", "device", "finished_at",
+]  # fmt: skip
+
+
+@dataclass
+class Labelled:
+    """One set to evaluate: images [N, C, H, W] in [0, 1] and class indices."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+
+
+# --- the sets ----------------------------------------------------------------------------------
+def random_real(data: Dataset, ipc: int, seed: int) -> Labelled:
+    rng = np.random.default_rng(seed)
+    pools = [np.flatnonzero(data.train.labels == c) for c in range(data.num_classes)]
+    idx = np.concatenate([np.sort(rng.choice(pool, ipc, replace=False)) for pool in pools])
+    return Labelled(data.train.images[idx], data.train.labels[idx])
+
+
+def nearest_real(pipe: Pipeline) -> Labelled:
+    """The real training image nearest each of the run's prototypes, in the generator's init space."""
+    images, labels = [], []
+    for c in pipe.labels():
+        real = pipe.data.train.of_class(c)
+        centres = torch.stack([pipe.store.prototype_latent(p["id"]) for p in pipe.store.prototypes(c)])
+        idx = nearest_to_prototypes(pipe.generator.encode(real), centres)
+        images.append(real[idx])
+        labels += [c] * len(idx)
+    return Labelled(torch.cat(images), np.asarray(labels, dtype=np.int64))
+
+
+def reselect(pipe: Pipeline, label: int, lam: float) -> list:
+    """Rows of the class's set had automatic selection used ``lam``: passed originals plus the greedy
+    pick of each anomaly (unresolved left out), from the stored candidates. Person's decisions are
+    ignored: this is the automatic pipeline's set."""
+    store = pipe.store
+    passed = [r for r in store.synthetic(label) if r["reason"] is None]
+    anomalies = [a for a in store.anomalies(label) if store.candidates(a["id"])]
+    cands = [store.candidates(a["id"]) for a in anomalies]
+    sels = select_greedy(
+        [label] * len(anomalies),
+        [np.array([r["confidence"] for r in c]) for c in cands],
+        [np.array([r["predicted"] for r in c]) for c in cands],
+        [pipe.normalized(c) for c in cands],
+        {label: pipe.normalized(passed)},
+        lam,
+    )
+    return passed + [c[s.pick] for c, s in zip(cands, sels) if s.pick is not None]
+
+
+def _rows_to_set(store: RunStore, rows_by_label: dict[int, list]) -> Labelled:
+    images = [store.load_image(r) for rows in rows_by_label.values() for r in rows]
+    labels = [c for c, rows in rows_by_label.items() for _ in rows]
+    if not images:
+        return Labelled(torch.zeros(0, 1, 1, 1), np.zeros(0, dtype=np.int64))
+    return Labelled(torch.stack(images), np.asarray(labels, dtype=np.int64))
+
+
+def synthetic_sets(pipe: Pipeline, lam_high: float) -> dict[str, Labelled]:
+    store, labels = pipe.store, pipe.labels()
+    return {
+        "unrefined": _rows_to_set(store, {c: store.synthetic(c) for c in labels}),
+        "refined": _rows_to_set(store, {c: [f["row"] for f in final_set(store, c)] for c in labels}),
+        "refined_lam0": _rows_to_set(store, {c: reselect(pipe, c, 0.0) for c in labels}),
+        "refined_lam_high": _rows_to_set(store, {c: reselect(pipe, c, lam_high) for c in labels}),
+    }
+
+
+# --- the run per IPC ---------------------------------------------------------------------------
+def fingerprint(generator: str) -> str:
+    """First 10 hex digits of the SHA-1 of the generator's weight files (``*.safetensors``, ``*.bin``
+    under its folder), so that rows and runs are per model; of the name for a hub id or no weights."""
+    h = hashlib.sha1(str(generator).encode() if not Path(generator).is_dir() else b"")
+    root = Path(generator)
+    files = sorted(f for ext in ("*.safetensors", "*.bin") for f in root.rglob(ext)) if root.is_dir() else []
+    for f in files:
+        h.update(f.read_bytes())
+    if root.is_dir() and not files:
+        h.update(str(root.resolve()).encode())
+    return h.hexdigest()[:10]
+
+
+def run_path(args: argparse.Namespace, ipc: int, fp: str) -> Path:
+    """``WORK/runs/<data>-ipc<IPC>-<fingerprint>[-quick]``: one run per dataset, IPC and generator."""
+    return Path(args.work) / "runs" / f"{Path(args.data).name}-ipc{ipc}-{fp}{'-quick' if args.quick else ''}"
+
+
+def ensure_run(args: argparse.Namespace, ipc: int, fp: str, data: Dataset, generator, detector) -> Pipeline:
+    """Create, resume or reopen the run of this IPC (``run_path``) and finish it."""
+    path = run_path(args, ipc, fp)
+    root, run_id = path.parent, path.name
+    kw = dict(data=data, generator=generator, detector=detector)
+    if (root / run_id / "run.sqlite").is_file():
+        pipe = Pipeline(RunStore.open(root / run_id), **kw)
+    else:
+        cfg = RunConfig(data=args.data, generator=args.generator, detector=args.detector, ipc=ipc, device=args.device)
+        if args.quick:
+            cfg.steps, cfg.k = 4, 4
+        pipe = Pipeline.create(cfg, str(root), run_id, **kw)
+    pipe.run()
+    return pipe
+
+
+def consistency(images: torch.Tensor, labels: np.ndarray, detector: Detector, judge) -> tuple[float, float]:
+    """Shares in [0, 1] of images the detector and the independent judge assign to their label."""
+    from benchmarks.classifier import predict
+
+    if len(images) == 0:
+        return float("nan"), float("nan")
+    det = float((detector.inspect(images).predicted == labels).mean())
+    ind = float((predict(judge, images) == labels).mean())
+    return det, ind
+
+
+def _student_job(images, labels, num_classes, test, seed, epochs, device, threads) -> tuple[float, float]:
+    """One student (run in this process or a worker): (top-1 in [0, 1], seconds)."""
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    model = train_student(images, labels, num_classes, seed=seed, epochs=epochs, device=device)
+    return top1_accuracy(model, test), time.time() - t0
+
+
+# --- CSV ---------------------------------------------------------------------------------------
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row (header first if the file is new) and flush it to disk."""
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _key(row: dict) -> tuple[str, int, str, int]:
+    return row["generator"], int(row["ipc"]), row["method"], int(row["seed"])
+
+
+# --- main --------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="mnist5k")
+    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
+    p.add_argument("--seeds", type=int, default=3, help="students per set, seeds 0..N-1")
+    p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the evaluation protocol)")
+    p.add_argument("--lam-high", dest="lam_high", type=float, default=2.0, help="lambda of the uniqueness ablation")
+    p.add_argument("--generator", default=DEFAULT_GENERATOR)
+    p.add_argument("--detector", default=DEFAULT_DETECTOR)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (pipeline and students)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="students trained side by side, one process each")
+    p.add_argument("--work", default=str(HERE / "_work"), help="runs and the cached classifier")
+    p.add_argument("--out", default=None, help="folder for quality.csv and RESULTS.md (default benchmarks/)")
+    p.add_argument("--quick", action="store_true", help="IPC 1, 1 seed, 2 epochs, 4 steps, K 4, 200 test images")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.ipc, args.seeds, args.epochs = [1], 1, args.epochs or 2
+        args.out = args.out or str(Path(args.work) / "quick")
+    args.out = args.out or str(HERE)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.classifier import ACCURACY_BAR, load_or_train
+    from benchmarks.report import write_results
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "quality.csv"
+    fp = fingerprint(args.generator)
+    device = pick_device(args.device)
+    generator = load_generator(args.generator, device)
+    detector = Detector.load(args.detector, device)
+    data = load_dataset(args.data, size=generator.resolution, channels=generator.channels)
+    if args.quick:  # 20 test images per class keep the check to seconds
+        keep = np.concatenate([np.flatnonzero(data.test.labels == c)[:20] for c in range(data.num_classes)])
+        data.test = ImageSet(data.test.images[keep], data.test.labels[keep])
+    judge_kw = dict(epochs=1, limit=500) if args.quick else dict(epochs=20)
+    tag = "quick" if args.quick else "full"
+    judge, judge_meta = load_or_train(data, work / f"independent-{Path(args.data).name}-{tag}.pt", **judge_kw)
+    print(f"independent classifier: {100 * judge_meta['test_accuracy']:.2f} % on the test split", flush=True)
+    if not args.quick and judge_meta["test_accuracy"] < ACCURACY_BAR:
+        print(f"warning: the independent classifier is below {100 * ACCURACY_BAR} %", file=sys.stderr)
+    command = " ".join(["python -m benchmarks.quality", *(argv if argv is not None else sys.argv[1:])])
+    spawn = torch.multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(args.jobs, mp_context=spawn) if args.jobs > 1 else None
+    try:
+        for ipc in args.ipc:
+            done = {_key(r) for r in read_rows(csv_path)}
+            todo = [(m, s) for m in METHODS for s in range(args.seeds) if (fp, ipc, m, s) not in done]
+            if todo:
+                run_ipc(args, ipc, fp, todo, data, generator, detector, judge, csv_path, pool)
+            write_results(args, csv_path, out / "RESULTS.md", fp, judge_meta, detector, command)
+    finally:
+        if pool:
+            pool.shutdown()
+    print(f"results: {out / 'RESULTS.md'} and {csv_path}")
+    return 0
+
+
+def run_ipc(args, ipc, fp, todo, data, generator, detector, judge, csv_path, pool) -> None:
+    """Finish the IPC's run, build its sets, and train the ``todo`` (method, seed) students, each
+    row appended to the CSV as it finishes (in this process, or ``pool``'s workers)."""
+    t0 = time.time()
+    pipe = ensure_run(args, ipc, fp, data, generator, detector)
+    print(f"IPC {ipc}: run {pipe.store.run_id} ready ({time.time() - t0:.0f} s)", flush=True)
+    fixed = {"nearest_real": nearest_real(pipe), **synthetic_sets(pipe, args.lam_high)}
+    sets = {(m, s): random_real(data, ipc, s) if m == "random_real" else fixed[m] for m, s in todo}
+
+    def set_key(m: str, s: int) -> tuple[str, int]:  # only random_real differs between seeds
+        return (m, s if m == "random_real" else 0)
+
+    cons = {}
+    for (m, s), st in sets.items():
+        if set_key(m, s) not in cons:
+            cons[set_key(m, s)] = consistency(st.images, st.labels, detector, judge)
+    device = str(pick_device(args.device))
+
+    def record(m: str, s: int, acc: float, secs: float, epochs: int, n: int) -> None:
+        det, ind = cons[set_key(m, s)]
+        row = dict(generator=fp, ipc=ipc, method=m, seed=s, top1=f"{acc:.4f}", n_images=n,
+                   detector_consistency=f"{det:.4f}", independent_consistency=f"{ind:.4f}", epochs=epochs,
+                   student_seconds=f"{secs:.1f}", device=device,
+                   finished_at=time.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+        append_row(csv_path, row)
+        print(f"IPC {ipc} {m:17s} seed {s}: top-1 {100 * acc:.2f} % ({n} images, {secs:.0f} s)", flush=True)
+
+    jobs = []
+    for (m, s), st in sets.items():
+        epochs = args.epochs or default_epochs(len(st.images))
+        job = (st.images, st.labels, data.num_classes, data.test, s, epochs, device, args.threads)
+        if len(st.images) == 0:
+            record(m, s, float("nan"), 0.0, epochs, 0)
+        elif pool is None:
+            record(m, s, *_student_job(*job), epochs, len(st.images))
+        else:
+            jobs.append((pool.submit(_student_job, *job), m, s, epochs, len(st.images)))
+    futures = {f: rest for f, *rest in jobs}
+    for f in as_completed(futures):
+        m, s, epochs, n = futures[f]
+        record(m, s, *f.result(), epochs, n)
+    pipe.store.close()
+
+
+def pipeline_stats(args: argparse.Namespace, ipc: int, fp: str) -> dict | None:
+    """Anomalies, resolutions and wall time of the IPC's run, or None when it does not exist."""
+    path = run_path(args, ipc, fp)
+    if not (path / "run.sqlite").is_file():
+        return None
+    store = RunStore.open(path)
+    try:
+        s = summarize(store)
+        cfg = store.config
+    finally:
+        store.close()
+    return {
+        "images": sum(x.images for x in s),
+        "anomalies": sum(x.anomalies for x in s),
+        "resolved": sum(x.resolved_auto for x in s),
+        "unresolved": sum(x.unresolved for x in s),
+        "wall_seconds": sum(x.wall_seconds or 0 for x in s),
+        "config": f"tau {cfg.tau}, lambda {cfg.lam}, K {cfg.k}, strength {cfg.strength}, "
+        f"guidance {cfg.guidance}, steps {cfg.steps}",
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} CPU(s), {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

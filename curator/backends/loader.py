@@ -1,0 +1,114 @@
+"""Pick the generator backend from a model folder's contents and load it.
+
+* ``model_index.json`` naming a ``StableDiffusion(Img2Img)Pipeline`` -> Stable Diffusion img2img;
+* ``model_index.json`` naming ``DiTPipeline`` -> class-conditional DiT;
+* ``unet/`` (+ ``scheduler/`` and ``classes.json``) -> the built-in ``PixelDiffusion``.
+
+A path that is not a local folder is looked up as a Hugging Face repo id in the local cache only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from curator.backends.common import resolve_model_dir
+from curator.generator import Generator, ModelFileError, PixelDiffusion
+
+PIXEL, STABLE_DIFFUSION, DIT = "pixel", "stable-diffusion", "dit"
+
+
+def detect_backend(folder: str | Path) -> str:
+    """``pixel``, ``stable-diffusion`` or ``dit`` from the files in ``folder``; ModelFileError otherwise."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if index.is_file():
+        try:
+            name = str(json.loads(index.read_text()).get("_class_name", ""))
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise ModelFileError(f"{index} is not a valid diffusers model index: {exc}") from exc
+        from curator.backends.stable_diffusion import PIPELINE_CLASSES
+
+        if name in PIPELINE_CLASSES:
+            return STABLE_DIFFUSION
+        if name == "DiTPipeline":
+            return DIT
+        raise ModelFileError(
+            f"{index} describes a {name or 'pipeline of unknown class'}; the curator runs "
+            f"{', '.join(PIPELINE_CLASSES)} (Stable Diffusion 1.x/2.x) and DiTPipeline"
+        )
+    if (folder / "unet").is_dir() or (folder / "classes.json").is_file():
+        return PIXEL
+    raise ModelFileError(
+        f"{folder} is not a generator folder: expected model_index.json (a diffusers Stable Diffusion or DiT "
+        "pipeline) or unet/ + scheduler/ + classes.json (the built-in pixel model)"
+    )
+
+
+def load_generator(
+    path: str,
+    device: torch.device | str = "cpu",
+    class_names: Sequence[str] | None = None,
+    *,
+    dtype: str = "auto",
+    prompt_template: str = "{name}",
+    negative_prompt: str = "",
+    class_map: Mapping[str, int] | str | None = None,
+) -> Generator:
+    """Load the generator in ``path`` (folder or cached repo id) with the backend its files name.
+
+    ``class_names`` (the dataset's) are needed by the open-vocabulary backends (prompts, ImageNet
+    ids); they can also be bound later with ``configure_generator``. ``dtype`` (auto | float32 |
+    float16 | bfloat16) applies to the large backends; the pixel model always runs in float32.
+    """
+    folder = resolve_model_dir(str(path))
+    backend = detect_backend(folder)
+    if backend == PIXEL:
+        return PixelDiffusion.from_pretrained(folder, device)
+    if backend == STABLE_DIFFUSION:
+        from curator.backends.stable_diffusion import StableDiffusionGenerator
+
+        return StableDiffusionGenerator.from_pretrained(
+            folder,
+            device,
+            dtype=dtype,
+            class_names=class_names,
+            prompt_template=prompt_template,
+            negative_prompt=negative_prompt,
+        )
+    from curator.backends.dit import DiTGenerator
+
+    gen = DiTGenerator.from_pretrained(folder, device, dtype=dtype, class_map=class_map)
+    if class_names:
+        gen.configure(class_names, class_map=class_map)
+    return gen
+
+
+def configure_generator(generator: Generator, class_names: Sequence[str], **options) -> Generator:
+    """Bind a dataset's class names (and prompt/class-map options) to an open-vocabulary generator.
+
+    A no-op for generators trained on their own classes (``PixelDiffusion``), whose class count
+    ``check_compatible`` compares with the dataset instead.
+    """
+    configure = getattr(generator, "configure", None)
+    if configure is not None:
+        configure(list(class_names), **options)
+    return generator
+
+
+def backend_defaults(path: str) -> dict:
+    """The backend's preferred ``strength``/``guidance``/``steps`` (empty for the pixel model or a bad path)."""
+    try:
+        backend = detect_backend(resolve_model_dir(str(path)))
+    except ModelFileError:
+        return {}
+    if backend == STABLE_DIFFUSION:
+        from curator.backends.stable_diffusion import DEFAULTS
+    elif backend == DIT:
+        from curator.backends.dit import DEFAULTS
+    else:
+        return {}
+    return dict(DEFAULTS)

@@ -1,0 +1,118 @@
+"""The --quick modes of benchmarks/quality.py and benchmarks/speed.py, with tiny random models."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import DIGITS, make_tiny_detector, make_tiny_generator
+
+from benchmarks import quality, speed
+from curator.pipeline import Pipeline, final_set
+from curator.store import RunStore
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_generator(DIGITS).save_pretrained(root / "gen")
+    make_tiny_detector(DIGITS).save(root / "det")
+    return root / "gen", root / "det"
+
+
+@pytest.fixture(scope="module")
+def quick_quality(tmp_path_factory, models):
+    work = tmp_path_factory.mktemp("work")
+    argv = ["--quick", "--generator", str(models[0]), "--detector", str(models[1]), "--work", str(work)]
+    assert quality.main(argv) == 0
+    return argv, work
+
+
+def _rows(work):
+    with (work / "quick" / "quality.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_quality_quick_writes_one_row_per_set_and_the_report(quick_quality):
+    _, work = quick_quality
+    rows = _rows(work)
+    assert sorted(r["method"] for r in rows) == sorted(quality.METHODS)
+    assert all(r["ipc"] == "1" and r["seed"] == "0" for r in rows)
+    for r in rows:
+        assert 0 <= float(r["top1"]) <= 1 and 0 <= float(r["independent_consistency"]) <= 1
+    report = (work / "quick" / "RESULTS.md").read_text()
+    assert "Quick mode" in report and "| refined (automatic picks) |" in report
+    assert "python -m benchmarks.quality --quick" in report
+
+
+def test_quality_resumes_by_skipping_finished_rows(quick_quality):
+    argv, work = quick_quality
+    rows = _rows(work)
+    kept = [r for r in rows if r["method"] != "unrefined"]
+    path = work / "quick" / "quality.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=quality.COLUMNS)
+        w.writeheader()
+        w.writerows(kept)
+    assert quality.main(argv) == 0
+    again = _rows(work)
+    assert len(again) == len(rows)  # only the missing row was trained again
+    assert again[:-1] == kept and again[-1]["method"] == "unrefined"
+
+
+def test_ablation_reselect_reproduces_the_pipeline_and_lambda_zero_takes_the_most_confident(quick_quality, mnist):
+    _, work = quick_quality
+    path = next((work / "runs").glob("*-quick"))
+    pipe = Pipeline(RunStore.open(path), data=mnist)
+    anomalies = pipe.store.anomalies()
+    assert anomalies, "the tiny random detector should flag anomalies"
+    for label in range(10):
+        ids = {r["id"] for r in quality.reselect(pipe, label, pipe.config.lam)}
+        assert ids == {item["row"]["id"] for item in final_set(pipe.store, label)}
+    resolved = 0
+    for label in range(10):
+        picked = {r["id"] for r in quality.reselect(pipe, label, 0.0)}
+        for a in pipe.store.anomalies(label):
+            ok = [c for c in pipe.store.candidates(a["id"]) if c["predicted"] == label]
+            if ok:
+                best = max(ok, key=lambda c: c["confidence"])
+                assert best["id"] in picked
+                resolved += 1
+    pipe.store.close()
+    assert resolved > 0
+
+
+def test_random_real_draws_ipc_per_class_and_a_new_subset_per_seed(mnist):
+    a, b = quality.random_real(mnist, 3, 0), quality.random_real(mnist, 3, 1)
+    assert np.bincount(a.labels).tolist() == [3] * 10
+    assert not torch.equal(a.images, b.images)
+    assert torch.equal(a.images, quality.random_real(mnist, 3, 0).images)
+
+
+def test_denoise_step_count_matches_the_generator():
+    gen = make_tiny_generator(DIGITS)
+    calls = []
+    hook = gen.unet.register_forward_hook(lambda m, i, o: calls.append(1))
+    gen.generate(torch.zeros(1, 1, 28, 28), [0], [0], strength=0.7, guidance=2.0, steps=10)
+    gen.generate(None, [0], [0], strength=1.0, guidance=2.0, steps=5)
+    hook.remove()
+    assert len(calls) == speed.denoise_steps(10, 0.7) + speed.denoise_steps(5, 1.0, from_noise=True) == 12
+
+
+def test_speed_quick_measures_throughput_and_a_run(tmp_path, models):
+    argv = ["--quick", "--generator", str(models[0]), "--detector", str(models[1]), "--out", str(tmp_path),
+            "--threads", "1"]  # fmt: skip
+    assert speed.main(argv) == 0
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert [t["batch"] for t in result["throughput"]] == [1, 4]
+    assert all(t["images_per_s"] > 0 and t["raw_unet_image_steps_per_s"] > 0 for t in result["throughput"])
+    run = result["run"]
+    # 2 classes x IPC 2 synthesised, then K = 4 candidates per anomaly, each 3 steps (4 x 0.7)
+    assert run["images_generated"] == 4 + 4 * run["anomalies"]
+    assert run["image_steps"] == 3 * run["images_generated"]
+    assert run["pipeline_efficiency"] > 0 and run["refinement_overhead"] > 0
+    report = (tmp_path / "SPEED.md").read_text()
+    assert "pipeline efficiency >= 0.8" in report and "Quick mode" in report
