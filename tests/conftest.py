@@ -36,8 +36,9 @@ def make_tiny_generator(class_names: list[str], resolution: int = 28, channels: 
 
 def make_tiny_detector(class_names: list[str], input_size: int = 28, channels: int = 1) -> Detector:
     torch.manual_seed(0)
-    return Detector.create("resnet10t", class_names, input_size, channels,
-                           model_kwargs={"channels": [8, 16, 16, 16], "output_stride": 8})
+    return Detector.create(
+        "resnet10t", class_names, input_size, channels, model_kwargs={"channels": [8, 16, 16, 16], "output_stride": 8}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +69,7 @@ def write_image_folder(root: Path, classes: dict[str, int], size: int = 20, rgb:
         for i in range(n):
             arr = rng.integers(0, 40, (size, size), dtype=np.uint8)
             o = (c * 5) % (size - 6)
-            arr[o:o + 6, o:o + 6] = 230
+            arr[o : o + 6, o : o + 6] = 230
             img = Image.fromarray(arr)
             if rgb:
                 img = Image.merge("RGB", (img, img.point(lambda v: v // 2), img.point(lambda v: 255 - v)))

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
 from conftest import DIGITS, make_tiny_detector, make_tiny_generator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,17 +16,35 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
 def curator(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "curator", *args], capture_output=True, text=True, env=ENV,
-                          cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "curator", *args], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout
+    )
 
 
 def test_end_to_end_run_on_two_classes_then_export(tmp_path):
-    res = curator("run", "--data", "mnist5k", "--classes", "0,1", "--ipc", "3", "--k", "4", "--steps", "6",
-                  "--tau", "0.999", "--out", str(tmp_path / "runs"), "--device", "cpu")
+    res = curator(
+        "run",
+        "--data",
+        "mnist5k",
+        "--classes",
+        "0,1",
+        "--ipc",
+        "3",
+        "--k",
+        "4",
+        "--steps",
+        "6",
+        "--tau",
+        "0.999",
+        "--out",
+        str(tmp_path / "runs"),
+        "--device",
+        "cpu",
+    )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:4] == ["class", "images", "mismatch", "low_conf"])
-    table = [line.split() for line in lines[header + 1: header + 4]]
+    table = [line.split() for line in lines[header + 1 : header + 4]]
     assert [row[0] for row in table] == ["0", "1", "all"]
     assert [int(row[1]) for row in table] == [3, 3, 6]
     run_dir = next((tmp_path / "runs").iterdir())
@@ -64,19 +81,50 @@ def test_resume_after_the_process_is_killed_mid_class(tmp_path):
     make_tiny_generator(DIGITS).save_pretrained(tmp_path / "gen")
     make_tiny_detector(DIGITS).save(tmp_path / "det")
     runs = tmp_path / "runs"
-    args = ["run", "--classes", "0,1", "--ipc", "4", "--k", "8", "--steps", "8", "--tau", "1.0", "--batch-size", "4",
-            "--generator", str(tmp_path / "gen"), "--detector", str(tmp_path / "det"), "--out", str(runs),
-            "--device", "cpu"]
-    proc = subprocess.Popen([sys.executable, "-m", "curator", *args], env=ENV, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "run",
+        "--classes",
+        "0,1",
+        "--ipc",
+        "4",
+        "--k",
+        "8",
+        "--steps",
+        "8",
+        "--tau",
+        "1.0",
+        "--batch-size",
+        "4",
+        "--generator",
+        str(tmp_path / "gen"),
+        "--detector",
+        str(tmp_path / "det"),
+        "--out",
+        str(runs),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "curator", *args],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     db = None
     while time.time() < deadline and proc.poll() is None:
         dbs = list(runs.glob("*/run.sqlite"))
         if dbs:
             db = dbs[0]
-            if _poll(db, "SELECT COUNT(*) FROM images i JOIN classes c ON c.label = i.label "
-                         "WHERE i.kind = 'candidate' AND c.status = 'running'") > 0:
+            if (
+                _poll(
+                    db,
+                    "SELECT COUNT(*) FROM images i JOIN classes c ON c.label = i.label "
+                    "WHERE i.kind = 'candidate' AND c.status = 'running'",
+                )
+                > 0
+            ):
                 break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed mid-class"

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import write_image_folder
 from PIL import Image
 
-from conftest import write_image_folder
 from curator.data import DataError, load_dataset, load_image_folder
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import DIGITS, make_tiny_generator
+
 from curator.generator import ModelFileError, PixelDiffusion
 
 

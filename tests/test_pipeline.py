@@ -64,8 +64,9 @@ def test_exact_regeneration_from_stored_seed_and_prototype(tmp_path, mnist, tiny
     store, cfg = pipe.store, pipe.config
     for row in [store.synthetic(0)[1], store.candidates(store.anomalies(1)[0]["id"])[2]]:
         init = store.prototype_latent(row["prototype_id"])[None]
-        again = tiny_generator.generate(init, [row["label"]], [row["seed"]], strength=cfg.strength,
-                                        guidance=cfg.guidance, steps=cfg.steps)
+        again = tiny_generator.generate(
+            init, [row["label"]], [row["seed"]], strength=cfg.strength, guidance=cfg.guidance, steps=cfg.steps
+        )
         stored = load_png(store.path / row["file"])
         assert (again[0] - stored).abs().max() <= 1 / 255 + 1e-6
 
@@ -128,6 +129,7 @@ def test_unknown_class_and_mismatched_models_are_clear_errors(tmp_path, mnist, t
     with pytest.raises(DataError, match="unknown class 'seven'"):
         make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, classes=["seven"])
     from conftest import make_tiny_detector
+
     with pytest.raises(DataError, match="detector has 3 classes"):
         make_pipeline(tmp_path, mnist, tiny_generator, make_tiny_detector(["a", "b", "c"]))
 

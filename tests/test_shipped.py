@@ -12,8 +12,13 @@ from curator.scoring import select_greedy
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, mnist, shipped_generator, shipped_detector):
     """The default run (all classes, IPC 10, K 20, default parameters) on the shipped models."""
-    pipe = Pipeline.create(RunConfig(), str(tmp_path_factory.mktemp("runs")), data=mnist,
-                           generator=shipped_generator, detector=shipped_detector)
+    pipe = Pipeline.create(
+        RunConfig(),
+        str(tmp_path_factory.mktemp("runs")),
+        data=mnist,
+        generator=shipped_generator,
+        detector=shipped_detector,
+    )
     pipe.run()
     return pipe
 
@@ -24,8 +29,9 @@ def test_shipped_detector_is_at_least_97_percent_accurate(mnist, shipped_detecto
 
 def test_plain_samples_meet_the_quality_bar(shipped_generator, shipped_detector):
     cfg = RunConfig()
-    share, per_class, _ = label_consistency(shipped_generator, shipped_detector, per_class=10, strength=1.0,
-                                            guidance=cfg.guidance, steps=cfg.steps)
+    share, per_class, _ = label_consistency(
+        shipped_generator, shipped_detector, per_class=10, strength=1.0, guidance=cfg.guidance, steps=cfg.steps
+    )
     assert share >= 0.9, f"only {share:.2f} of pure-noise samples match their label; per class {per_class}"
 
 
@@ -56,8 +62,13 @@ def test_lambda_zero_and_one_pick_differently_on_the_default_run(default_run):
             continue
         cands = [store.candidates(a["id"]) for a in anomalies]
         pool = {label: pipe.normalized([r for r in store.synthetic(label) if r["reason"] is None])}
-        args = ([label] * len(anomalies), [[c["confidence"] for c in cs] for cs in cands],
-                [[c["predicted"] for c in cs] for cs in cands], [pipe.normalized(cs) for cs in cands], pool)
+        args = (
+            [label] * len(anomalies),
+            [[c["confidence"] for c in cs] for cs in cands],
+            [[c["predicted"] for c in cs] for cs in cands],
+            [pipe.normalized(cs) for cs in cands],
+            pool,
+        )
         picks0 = [s.pick for s in select_greedy(*args, lam=0.0)]
         picks1 = [s.pick for s in select_greedy(*args, lam=1.0)]
         differ += sum(p0 != p1 for p0, p1 in zip(picks0, picks1))

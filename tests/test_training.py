@@ -3,8 +3,8 @@
 import json
 
 import torch
-
 from conftest import write_image_folder
+
 from curator.data import load_image_folder
 from curator.detector import Detector
 from curator.generator import PixelDiffusion
@@ -29,8 +29,7 @@ def test_generator_training_checkpoints_and_resumes(tmp_path):
 def test_detector_training_checkpoints_each_epoch_and_resumes(tmp_path):
     data = load_image_folder(write_image_folder(tmp_path / "d", {"a": 8, "b": 8}, size=16), size=16)
     out = tmp_path / "det"
-    kw = dict(batch_size=8, device="cpu", progress=False,
-              model_kwargs={"channels": [8, 8, 8, 8], "output_stride": 8})
+    kw = dict(batch_size=8, device="cpu", progress=False, model_kwargs={"channels": [8, 8, 8, 8], "output_stride": 8})
     train_detector(data, out, epochs=1, **kw)
     assert torch.load(out / STATE_FILE, weights_only=False)["epoch"] == 1
     det = train_detector(data, out, epochs=2, **kw)
