@@ -1,7 +1,7 @@
 """One dataclass for a run's parameters; the defaults live here and nowhere else.
 
-How the defaults of ``tau`` and ``lam`` were chosen is recorded in README.md ("Choosing tau and
-lambda"), measured on mnist5k with the shipped models.
+How the defaults of ``guidance``, ``tau`` and ``lam`` were chosen, measured on mnist5k with the
+shipped models, is in benchmarks/DEFAULTS.md (``python -m benchmarks.choose_defaults``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class RunConfig:
     lam: float = 0.5  # weight of uniqueness in the selection score
     steps: int = 25  # DDIM steps for the full noise range
     strength: float = 0.7  # SDEdit noise level in (0, 1]; 1 = pure noise
-    guidance: float = 2.0  # classifier-free guidance scale (1 = none)
+    guidance: float = 1.0  # classifier-free guidance scale (1 = none; see benchmarks/DEFAULTS.md)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     classes: list[str] | None = None  # None = all classes

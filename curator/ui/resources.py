@@ -1,0 +1,113 @@
+"""App settings, the process-wide cache of loaded models and data, and the device in use.
+
+Loading the shipped models and mnist5k costs seconds, so each is loaded once per process and
+shared by every session (generation itself is serialised through one queue, see ``layout``).
+Folder datasets are cached too, keyed by path and the model's input size; a user-supplied path
+that changes on disk while the app runs is not noticed until the server restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from curator.config import RunConfig
+from curator.data import Dataset, load_dataset
+from curator.detector import Detector
+from curator.generator import Generator, ModelFileError
+from curator.pipeline import check_compatible, load_generator, prepare_generator
+from curator.training import pick_device
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class AppSettings:
+    """Where runs and uploads live. ``runs_dir`` defaults to ``$CURATOR_RUNS`` or ``<repo>/runs``."""
+
+    runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("CURATOR_RUNS", REPO / "runs")))
+    max_upload_mb: int = 500  # uncompressed size limit of an uploaded zip, in MB
+
+    def __post_init__(self) -> None:
+        self.runs_dir = Path(self.runs_dir).resolve()
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.runs_dir / "_uploads"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.runs_dir / "_exports"
+
+
+_LOCK = threading.RLock()
+_GENERATORS: dict[tuple[str, str], Generator] = {}
+_DETECTORS: dict[tuple[str, str], Detector] = {}
+_DATA: dict[tuple, Dataset] = {}
+
+
+def device_for(config: RunConfig) -> torch.device:
+    return pick_device(config.device)
+
+
+def device_text(device: str = "auto") -> str:
+    """One line naming the device generation runs on, e.g. ``cpu (1 torch thread)`` or the GPU name."""
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    return f"cpu ({torch.get_num_threads()} torch thread{'s' * (torch.get_num_threads() != 1)}, no GPU found)"
+
+
+def generator(path: str, device: torch.device, config: RunConfig | None = None) -> Generator:
+    key = (str(Path(path).resolve()), str(device), config.dtype if config else "auto")
+    with _LOCK:
+        if key not in _GENERATORS:
+            try:
+                _GENERATORS[key] = load_generator(path, device, config=config)
+            except ModelFileError:
+                raise
+            except (ValueError, KeyError, OSError, RuntimeError, TypeError) as exc:
+                raise ModelFileError(f"cannot load a generator from {path}: {type(exc).__name__}: {exc}") from exc
+        return _GENERATORS[key]
+
+
+def detector(path: str, device: torch.device) -> Detector:
+    key = (str(Path(path).resolve()), str(device))
+    with _LOCK:
+        if key not in _DETECTORS:
+            try:
+                _DETECTORS[key] = Detector.load(path, device)
+            except ModelFileError:
+                raise
+            except (ValueError, KeyError, OSError, RuntimeError, TypeError) as exc:
+                raise ModelFileError(f"cannot load a detector from {path}: {type(exc).__name__}: {exc}") from exc
+        return _DETECTORS[key]
+
+
+def dataset(config: RunConfig, size: int, channels: int) -> Dataset:
+    spec = config.data if config.data == "mnist5k" else str(Path(config.data).resolve())
+    key = (spec, size, channels, config.test_fraction, config.seed)
+    with _LOCK:
+        if key not in _DATA:
+            if len(_DATA) >= 4:  # keep memory bounded: folder datasets can be large
+                _DATA.pop(next(k for k in _DATA if k[0] != "mnist5k") if len(_DATA) > 1 else next(iter(_DATA)))
+            _DATA[key] = load_dataset(
+                config.data, size=size, channels=channels, test_fraction=config.test_fraction, seed=config.seed
+            )
+        return _DATA[key]
+
+
+def components(config: RunConfig) -> tuple[Dataset, Generator, Detector]:
+    """(data, generator, detector) for a run's config, loaded once per process and checked to fit together."""
+    dev = device_for(config)
+    gen = generator(config.generator, dev, config)
+    det = detector(config.detector, dev)
+    data = dataset(config, gen.resolution, gen.channels)
+    prepare_generator(gen, data.class_names, config)  # prompts / ImageNet ids for the large backends
+    check_compatible(data, gen, det)
+    return data, gen, det

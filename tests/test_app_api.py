@@ -1,0 +1,96 @@
+"""The app over HTTP: launched on 127.0.0.1, driven with gradio_client like any API user.
+
+A tiny run (2 classes, IPC 3, K 4, 2 steps, tiny random models from folders): start it, run a
+class, read an anomaly and its candidates, override the automatic pick, export, and check that
+metadata.csv records the override as a user decision. Bad input must come back as a message.
+"""
+
+from __future__ import annotations
+
+import zipfile
+
+import pandas as pd
+import pytest
+import torch
+from conftest import make_tiny_detector, make_tiny_generator, write_image_folder
+from gradio_client import Client
+
+from curator.ui import AppSettings, build_demo, launch_kwargs
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    data = write_image_folder(root / "data", {"a": 12, "b": 12}, size=20)
+    make_tiny_generator(["a", "b"], resolution=20).save_pretrained(root / "gen")
+    make_tiny_detector(["a", "b"], input_size=20).save(root / "det")
+    settings = AppSettings(runs_dir=root / "runs")
+    demo = build_demo(settings)
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
+    )
+    try:
+        yield {"url": demo.local_url, "data": str(data), "gen": str(root / "gen"), "det": str(root / "det")}
+    finally:
+        demo.close()
+
+
+def start(client: Client, app: dict, folder: str | None = None, ipc: int = 3) -> tuple:
+    return client.predict(
+        "folder on the server", folder or app["data"], None, "model folders", app["gen"], app["det"],
+        ipc, 4, 0.99, 0.5, 2, 0.7, 2.0, 0,
+        api_name="/start_run",
+    )  # fmt: skip
+
+
+def frame(value: dict) -> pd.DataFrame:
+    return pd.DataFrame(value["data"], columns=value["headers"])
+
+
+def test_tiny_run_override_and_export_over_http(app):
+    client = Client(app["url"], verbose=False)
+    out = start(client, app)
+    assert out[0].startswith("✔ run ") and "2 classes" in out[0]
+
+    panel = client.predict(0, api_name="/run_class")
+    assert panel[0].startswith("✔ done"), panel[0]
+    anomalies = frame(panel[2])
+    assert len(anomalies) == 3 and len(panel[1]["value"]) == 3  # tau 0.99: every image of the random detector
+    aid = int(anomalies["anomaly"][0])
+
+    shown = client.predict(0, aid, api_name="/show_anomaly")
+    assert shown[3] == aid and f"**Anomaly #{aid}**" in shown[4]
+    cands = frame(shown[8])
+    assert len(cands) == 4 and len(shown[7]["value"]) == 4 and cands["score"].notna().all()
+    auto = cands[cands["mark"].str.contains("auto pick")]["candidate"].tolist()
+    other = int(cands[~cands["candidate"].isin(auto)]["candidate"].iloc[0])
+
+    chosen = client.predict(0, aid, other, api_name="/choose_candidate")
+    assert chosen[0].startswith(f"✔ #{aid}: candidate #{other} chosen"), chosen[0]
+    assert frame(chosen[2]).set_index("anomaly").loc[aid, "decision"] == f"candidate #{other} (you)"
+
+    msg, download, preview = client.predict(api_name="/export")
+    assert msg.startswith("✔ exported") and download["visible"] is True
+    with zipfile.ZipFile(download["value"]) as zf:  # the client has downloaded the zip
+        meta = pd.read_csv(zf.open("metadata.csv"))
+    row = meta[meta["file_name"].str.endswith(f"_{other:06d}.png")]
+    assert len(row) == 1 and row["decision"].iloc[0] == "user" and row["source"].iloc[0] == "refined"
+    assert (meta["decision"] == "user").sum() == 1 and len(frame(preview)) == len(meta)
+
+
+def test_bad_input_comes_back_as_a_message_and_the_server_keeps_serving(app, tmp_path):
+    client = Client(app["url"], verbose=False)
+    msg = start(client, app, folder=str(tmp_path / "missing"))[0]
+    assert msg == f"⚠ dataset path does not exist: {tmp_path / 'missing'}"
+    assert "IPC = 99 is larger" in start(client, app, ipc=99)[0]
+    assert client.predict(0, api_name="/run_class")[0].startswith("⚠ no run open")
+    assert start(client, app)[0].startswith("✔ run ")  # still serving, and this session now has a run
+
+
+def test_two_clients_have_separate_sessions(app):
+    first, second = Client(app["url"], verbose=False), Client(app["url"], verbose=False)
+    assert start(first, app)[0].startswith("✔")
+    assert first.predict(0, api_name="/show_class")[0] == "class a has not been run yet: press “Run this class”"
+    assert second.predict(0, api_name="/show_class")[0].startswith("⚠ no run open")
