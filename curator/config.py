@@ -42,7 +42,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     classes: list[str] | None = None  # None = all classes
-    batch_size: int = 64  # images per generator batch (before guidance doubling)
+    batch_size: int = 32  # images per generator batch (CPU throughput peaks at 16-32: benchmarks/SPEED.md)
     rounds: int = 1  # automatic refinement rounds per anomaly
     test_fraction: float = 0.2  # ImageFolder without train/test folders
     real_sample: int = 50  # real images per class kept for the feature centre and UMAP

@@ -65,6 +65,29 @@ class Generator(Protocol):
     ) -> torch.Tensor: ...
 
 
+def check_request(
+    init: torch.Tensor | None,
+    labels: Sequence[int],
+    seeds: Sequence[int],
+    strength: float,
+    steps: int,
+    num_classes: int,
+) -> None:
+    """The argument checks every ``Generator.generate`` makes, with messages naming the parameter."""
+    n = len(labels)
+    if len(seeds) != n or (init is not None and len(init) != n):
+        raise ValueError(f"need one seed and one init per label: {n} labels, {len(seeds)} seeds")
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if num_classes == 0:
+        raise ValueError("the generator has no classes yet: call configure(class_names) first")
+    bad = [int(y) for y in labels if not 0 <= int(y) < num_classes]
+    if bad:
+        raise ValueError(f"labels {bad} outside the generator's {num_classes} classes")
+
+
 def build_unet(
     num_classes: int,
     resolution: int = 28,
@@ -172,15 +195,7 @@ class PixelDiffusion:
         classifier-free guidance scale (1 = conditional only). Returns [N, C, H, W] in [0, 1].
         """
         n = len(labels)
-        if len(seeds) != n or (init is not None and len(init) != n):
-            raise ValueError(f"need one seed and one init per label: {n} labels, {len(seeds)} seeds")
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        bad = [int(y) for y in labels if not 0 <= int(y) < self.num_classes]
-        if bad:
-            raise ValueError(f"labels {bad} outside the generator's {self.num_classes} classes")
+        check_request(init, labels, seeds, strength, steps, self.num_classes)
         scheduler = DDIMScheduler.from_config(self.scheduler_config, timestep_spacing="trailing")
         scheduler.set_timesteps(steps)
         start = steps - max(1, min(steps, round(steps * strength)))

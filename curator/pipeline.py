@@ -137,6 +137,7 @@ class Pipeline:
 
     # --- set-up --------------------------------------------------------------------------------
     def labels(self) -> list[int]:
+        """Class indices this run covers."""
         if not self.config.classes:
             return list(range(self.data.num_classes))
         return [self.data.class_index(c) for c in self.config.classes]
@@ -161,6 +162,7 @@ class Pipeline:
         return self._center
 
     def normalized(self, rows) -> np.ndarray:
+        """Stored detector features of ``rows``, centred on the real mean and L2-normalised ([N, D])."""
         feats = np.stack([from_blob(r["feature"]) for r in rows]) if rows else np.zeros((0, 1), np.float32)
         return normalize_features(feats, self.feature_center()) if len(rows) else feats
 
@@ -170,6 +172,7 @@ class Pipeline:
 
     # --- the stages ----------------------------------------------------------------------------
     def run(self, labels: list[int] | None = None) -> list[ClassSummary]:
+        """Run every listed class (default: the config's) that is not done yet; classes already done are skipped."""
         labels = self.labels() if labels is None else labels
         self.check_class_sizes(labels)
         for label in labels:
@@ -178,6 +181,7 @@ class Pipeline:
         return summarize(self.store, labels)
 
     def run_class(self, label: int) -> ClassSummary:
+        """All stages for one class, skipping what the store already holds (so it also resumes)."""
         self.check_class_sizes([label])
         t0 = time.time()
         self.store.set_class_status(label, "running")

@@ -55,18 +55,23 @@ def test_end_to_end_run_on_two_classes_then_export(tmp_path):
     assert (tmp_path / "export.zip").is_file()
 
 
-def test_bad_input_gives_a_message_not_a_traceback(tmp_path):
-    res = curator("run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "runs"))
-    assert res.returncode == 2
-    assert "dataset path does not exist" in res.stderr and "Traceback" not in res.stderr
-    res = curator("run", "--ipc", "0", "--out", str(tmp_path / "runs"))
-    assert res.returncode == 2 and "parameter ipc must be at least 1" in res.stderr
-    res = curator("run", "--ipc", "500", "--classes", "3", "--out", str(tmp_path / "runs"))
-    assert res.returncode == 2 and "IPC = 500 is larger" in res.stderr and "'3' (400 images)" in res.stderr
-    res = curator("run", "--generator", str(tmp_path / "missing-model"), "--out", str(tmp_path / "runs"))
-    assert res.returncode == 2 and "missing-model" in res.stderr and "Traceback" not in res.stderr
-    res = curator("export", str(tmp_path / "no-run"))
-    assert res.returncode == 2 and "no run at" in res.stderr
+def test_bad_input_gives_a_message_not_a_traceback(tmp_path, capsys):
+    from curator.cli import main
+
+    def run(*args: str) -> str:
+        assert main(list(args)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+        return err
+
+    runs = str(tmp_path / "runs")
+    assert "dataset path does not exist" in run("run", "--data", str(tmp_path / "nope"), "--out", runs)
+    assert "parameter ipc must be at least 1" in run("run", "--ipc", "0", "--out", runs)
+    err = run("run", "--ipc", "500", "--classes", "3", "--out", runs)
+    assert "IPC = 500 is larger" in err and "'3' (400 images)" in err
+    assert "missing-model" in run("run", "--generator", str(tmp_path / "missing-model"), "--out", runs)
+    assert "no run at" in run("export", str(tmp_path / "no-run"))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def _poll(db: Path, sql: str) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from curator.config import ConfigError
-from curator.generator import ModelFileError, ProgressFn
+from curator.generator import ModelFileError, ProgressFn, check_request  # noqa: F401 (re-exported)
 
 IMAGENETTE_FILE = Path(__file__).with_name("imagenette.json")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -53,29 +53,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU ``torch.Generator`` per image: its noise depends on its seed only, on any device or batch."""
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
-
-
-def check_request(
-    init: torch.Tensor | None,
-    labels: Sequence[int],
-    seeds: Sequence[int],
-    strength: float,
-    steps: int,
-    num_classes: int,
-) -> None:
-    """The argument checks every ``Generator.generate`` makes, with messages naming the parameter."""
-    n = len(labels)
-    if len(seeds) != n or (init is not None and len(init) != n):
-        raise ValueError(f"need one seed and one init per label: {n} labels, {len(seeds)} seeds")
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if num_classes == 0:
-        raise ValueError("the generator has no classes yet: call configure(class_names) first")
-    bad = [int(y) for y in labels if not 0 <= int(y) < num_classes]
-    if bad:
-        raise ValueError(f"labels {bad} outside the generator's {num_classes} classes")
 
 
 def sdedit_steps(steps: int, strength: float) -> int:
