@@ -48,6 +48,7 @@ def replay(pipe: Pipeline, tau: float, lam: float) -> dict[int, list]:
             [pipe.normalized(cs) for cs in cands],
             {label: pipe.normalized(passed)},
             lam,
+            tau=tau,
         )
         out[label] = passed + [cs[s.pick] for cs, s in zip(cands, sels) if s.pick is not None]
     return out
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = [
         r
         for r in lam_results
-        if r["judge_consistency"] >= base["judge_consistency"] - 0.005
+        if r["judge_consistency"] >= base["judge_consistency"]
         and r["detector_confidence"] >= base["detector_confidence"] - 0.01
     ]
     chosen_lam = min(ok, key=lambda r: (r["mean_pairwise_cosine"], r["lambda"]))["lambda"]
@@ -246,9 +247,12 @@ the nearest value on the grid is **tau = {chosen_tau}**. The table shows what ea
 
 {table(lam_results)}
 
-Rule: among lambdas that keep judge consistency within 0.5 points and the mean detector
-confidence within 0.01 of lambda 0 (confidence only), the one with the most diverse set (lowest
-mean pairwise cosine). **Chosen: lambda = {chosen_lam}.**
+Rule: among lambdas that lose no judge consistency and keep the mean detector confidence within
+0.01 of lambda 0 (confidence only), the one with the most diverse set (lowest mean pairwise
+cosine); ties go to the smaller lambda. (A first version allowed a 0.5-point loss and let a
+candidate below tau replace an anomaly; on 2026-11-28 it picked the grid's edge, 2.0, at the cost of
+one judge-consistent image of 200. Candidates that pass tau are now preferred, see
+`curator/scoring.py`.) **Chosen: lambda = {chosen_lam}.**
 """
     (out / "DEFAULTS.md").write_text(text)
     print(text)

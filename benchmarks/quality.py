@@ -104,6 +104,7 @@ def reselect(pipe: Pipeline, label: int, lam: float) -> list:
         [pipe.normalized(c) for c in cands],
         {label: pipe.normalized(passed)},
         lam,
+        tau=pipe.config.tau,
     )
     return passed + [c[s.pick] for c, s in zip(cands, sels) if s.pick is not None]
 

@@ -34,7 +34,7 @@ class RunConfig:
     detector: str = DEFAULT_DETECTOR
     ipc: int = 10  # images per class
     k: int = 20  # candidates per anomaly and round
-    tau: float = 0.9  # confidence threshold: below it an image is an anomaly
+    tau: float = 0.99  # confidence threshold in [0, 1]: below it an image is an anomaly
     lam: float = 0.5  # weight of uniqueness in the selection score
     steps: int = 25  # DDIM steps for the full noise range
     strength: float = 0.7  # SDEdit noise level in (0, 1]; 1 = pure noise

@@ -355,6 +355,7 @@ class Pipeline:
             {label: pool},
             self.config.lam,
             keep,
+            tau=self.config.tau,
         )
         with self.store.transaction():
             for a, c, sel, kept in zip(anomalies, cands, selections, keep):

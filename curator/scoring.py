@@ -66,6 +66,7 @@ class Selection:
     uniqueness: np.ndarray
     score: np.ndarray
     consistent: np.ndarray  # predicted class == label
+    passes: np.ndarray  # consistent and confidence >= tau: the candidate would not be an anomaly itself
 
 
 def score_candidates(
@@ -75,20 +76,25 @@ def score_candidates(
     label: int,
     qualified: np.ndarray | None,
     lam: float,
+    tau: float = 0.0,
 ) -> Selection:
     """Score K candidates of one anomaly and pick the best label-consistent one.
 
     ``confidence`` [K] is each candidate's probability of ``label``, ``predicted`` [K] its
     predicted class; ``features`` [K, D] and ``qualified`` [M, D] are already normalised
     (``normalize_features``). A candidate predicted as another class is never picked; if
-    none is consistent, ``pick`` is None (unresolved).
+    none is consistent, ``pick`` is None (unresolved). Candidates that pass the inspection
+    themselves (confidence >= ``tau``) are preferred: a less confident but more unique one may
+    not replace an anomaly by another anomaly while a passing candidate exists.
     """
     conf = np.asarray(confidence, dtype=np.float32)
     uniq = uniqueness(features, qualified)
     score = (conf + lam * uniq).astype(np.float32)
     consistent = np.asarray(predicted) == int(label)
-    pick = int(np.where(consistent, score, -np.inf).argmax()) if consistent.any() else None
-    return Selection(pick, conf, uniq, score, consistent)
+    passes = consistent & (conf >= tau)
+    eligible = passes if passes.any() else consistent
+    pick = int(np.where(eligible, score, -np.inf).argmax()) if eligible.any() else None
+    return Selection(pick, conf, uniq, score, consistent, passes)
 
 
 def select_greedy(
@@ -99,6 +105,7 @@ def select_greedy(
     qualified: dict[int, np.ndarray],
     lam: float,
     keep: Sequence[np.ndarray | None] | None = None,
+    tau: float = 0.0,
 ) -> list[Selection]:
     """Greedy selection over anomalies in the given order.
 
@@ -107,13 +114,14 @@ def select_greedy(
     features [M, D] of the class's images that already passed; it is not modified.
     ``keep[i]``, when not None, is what a person decided for anomaly i: the normalised feature
     rows that join the pool instead of the automatic pick (the chosen candidate or the kept
-    original; zero rows for a drop). Scores are still computed for it.
+    original; zero rows for a drop). Scores are still computed for it. ``tau`` is the run's
+    anomaly threshold (see ``score_candidates``).
     """
     pool = {k: np.asarray(v, dtype=np.float32) for k, v in qualified.items()}
     out = []
     for i, (label, conf, pred, feats) in enumerate(zip(labels, confidences, predictions, features)):
         label = int(label)
-        sel = score_candidates(conf, pred, feats, label, pool.get(label), lam)
+        sel = score_candidates(conf, pred, feats, label, pool.get(label), lam, tau)
         joined = (
             keep[i]
             if keep is not None and keep[i] is not None

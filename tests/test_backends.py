@@ -23,7 +23,7 @@ from curator.detector import Detector
 from curator.export import export_run
 from curator.generator import ModelFileError, PixelDiffusion
 from curator.pipeline import Pipeline, load_generator, prepare_generator
-from curator.store import load_png
+from curator.store import RunStore, load_png
 
 torch.set_num_threads(1)
 
@@ -260,3 +260,21 @@ def test_half_precision_plumbing(sd_folder, dit_folder):
         out = gen.generate(latents, [0, 1], [1, 2], strength=0.7, guidance=2.0, steps=2)
         assert out.dtype == torch.float32 and out.shape == (2, 3, 32, 32)
         assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_the_app_runs_a_stable_diffusion_folder(sd_folder, detector_folder, rgb_folder, tmp_path):
+    """The app selects a backend by folder path alone: start a run on the tiny SD model and run a class."""
+    from curator.ui.callbacks import DATA_SOURCES, MODEL_SOURCES, Callbacks
+    from curator.ui.resources import AppSettings
+
+    cb = Callbacks(AppSettings(runs_dir=tmp_path / "runs"))
+    out = cb.start_run(DATA_SOURCES[1], str(rgb_folder), None, MODEL_SOURCES[1], str(sd_folder),
+                       str(detector_folder), 1, 2, 1.0, 0.5, 2, 0.7, 8.0, 0, None)
+    assert out[0].startswith("✔"), out[0]
+    state = out[1]
+    panel = cb.run_class(state, 0, progress=None)
+    assert panel[0].startswith("✔"), panel[0]
+    store = RunStore.open(state["run"])
+    (row,) = store.synthetic(0)
+    assert load_png(store.path / row["file"]).shape == (3, 32, 32)
+    assert all(len(store.candidates(a["id"])) == 2 for a in store.anomalies(0))

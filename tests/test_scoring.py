@@ -87,3 +87,17 @@ def test_greedy_keeps_a_persons_choice_in_the_pool():
     sels = select_greedy([0, 0], [conf, conf], [pred, pred], [feats, feats], {}, lam=1.0, keep=[feats[[1]], None])
     assert sels[1].pick == 0
     assert sels[1].uniqueness[1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_candidates_that_pass_tau_are_preferred_then_consistent_ones_are_the_fallback():
+    feats = normalize_features(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    qualified = normalize_features(np.array([[1.0, 0.05]]))  # candidate 0 is a near-duplicate
+    conf, pred = np.array([0.995, 0.95]), np.array([3, 3])
+    # without tau, lambda 1 prefers the unique but less confident candidate 1 ...
+    assert score_candidates(conf, pred, feats, 3, qualified, lam=1.0).pick == 1
+    # ... which would itself be an anomaly at tau 0.99, so the passing candidate 0 wins
+    sel = score_candidates(conf, pred, feats, 3, qualified, lam=1.0, tau=0.99)
+    assert sel.pick == 0 and sel.passes.tolist() == [True, False]
+    # when no candidate passes tau, the best label-consistent one is still picked
+    assert score_candidates(conf, pred, feats, 3, qualified, lam=1.0, tau=0.999).pick == 1
+    assert select_greedy([3], [conf], [pred], [feats], {3: qualified}, 1.0, tau=0.99)[0].pick == 0

@@ -69,8 +69,8 @@ def test_lambda_zero_and_one_pick_differently_on_the_default_run(default_run):
             [pipe.normalized(cs) for cs in cands],
             pool,
         )
-        picks0 = [s.pick for s in select_greedy(*args, lam=0.0)]
-        picks1 = [s.pick for s in select_greedy(*args, lam=1.0)]
+        picks0 = [s.pick for s in select_greedy(*args, lam=0.0, tau=pipe.config.tau)]
+        picks1 = [s.pick for s in select_greedy(*args, lam=1.0, tau=pipe.config.tau)]
         differ += sum(p0 != p1 for p0, p1 in zip(picks0, picks1))
     assert len(store.anomalies()) > 0
     assert differ > 0, "lambda had no effect on any pick: uniqueness is not discriminative"
