@@ -75,3 +75,23 @@ def write_image_folder(root: Path, classes: dict[str, int], size: int = 20, rgb:
                 img = Image.merge("RGB", (img, img.point(lambda v: v // 2), img.point(lambda v: 255 - v)))
             img.save(root / name / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app launched on 127.0.0.1 (free port) over tiny models and a 2-class ImageFolder."""
+    from curator.ui import AppSettings, build_demo, launch_kwargs
+
+    root = tmp_path_factory.mktemp("app")
+    data = write_image_folder(root / "data", {"a": 12, "b": 12}, size=20)
+    make_tiny_generator(["a", "b"], resolution=20).save_pretrained(root / "gen")
+    make_tiny_detector(["a", "b"], input_size=20).save(root / "det")
+    settings = AppSettings(runs_dir=root / "runs")
+    demo = build_demo(settings)
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
+    )
+    try:
+        yield {"url": demo.local_url, "data": str(data), "gen": str(root / "gen"), "det": str(root / "det")}
+    finally:
+        demo.close()

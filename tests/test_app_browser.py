@@ -17,9 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tiny_detector, make_tiny_generator, write_image_folder
-
-from curator.ui import AppSettings, build_demo, launch_kwargs
 
 torch.set_num_threads(1)
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
@@ -59,23 +56,6 @@ def browser():
             yield b
         finally:
             b.close()
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser")
-    data = write_image_folder(root / "data", {"a": 12, "b": 12}, size=20)
-    make_tiny_generator(["a", "b"], resolution=20).save_pretrained(root / "gen")
-    make_tiny_detector(["a", "b"], input_size=20).save(root / "det")
-    settings = AppSettings(runs_dir=root / "runs")
-    demo = build_demo(settings)
-    demo.queue().launch(
-        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
-    )
-    try:
-        yield {"url": demo.local_url, "data": str(data), "gen": str(root / "gen"), "det": str(root / "det")}
-    finally:
-        demo.close()
 
 
 def shot(page, name: str) -> None:
