@@ -188,13 +188,16 @@ class Pipeline:
         self.feature_center()
         protos = self.ensure_prototypes(label)
         self.ensure_synthesis(label, protos)
+        selected = False
         for round_ in range(1, self.config.rounds + 1):
             open_ids = [a["id"] for a in self.store.anomalies(label) if self._needs_round(a["id"], round_)]
             if not open_ids:
                 break
             self.generate_candidates(open_ids, round_)
             self.select(label)
-        self.select(label)
+            selected = True
+        if not selected:  # resumed with every candidate already stored: decisions may still be missing
+            self.select(label)
         prev = self.store.db.execute("SELECT wall_seconds FROM classes WHERE label=?", (label,)).fetchone()[0] or 0.0
         self.store.set_class_status(label, "done", prev + time.time() - t0)
         return summarize(self.store, [label])[0]
