@@ -267,6 +267,9 @@ def test_two_sessions_keep_their_own_runs(cb, assets):
     g1, g2 = cb.show_class(s1, 0)[1]["value"], cb.show_class(s2, 0)[1]["value"]
     assert all(p.startswith(s1["run"]) for p, _ in g1) and all(p.startswith(s2["run"]) for p, _ in g2)
     assert cb.restore(s1["run"], None)[1] == s1  # a reload reopens the run that browser had
+    # with nothing saved, a page-load restore that finishes late must not wipe status or state
+    late = cb.restore(None, s2)
+    assert late[0] == late[1] == {"__type__": "update"}  # gr.skip(): leave the component as it is
 
 
 def test_show_anomaly_rejects_images_that_are_not_anomalies(cb, assets):

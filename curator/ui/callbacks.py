@@ -315,9 +315,11 @@ class Callbacks:
         """On page load: reopen the run this browser had open, if it still exists."""
         if saved and (Path(saved) / "run.sqlite").is_file() and not (state or {}).get("run"):
             return self.open_run(saved, state)
+        # Nothing to reopen: leave status and state alone, so a slow page load cannot wipe a run
+        # the user started in the meantime.
         return (
-            "",
-            state or {"run": None},
+            gr.skip(),
+            gr.skip(),
             gr.skip(),
             gr.update(choices=run_choices(self.settings.runs_dir)),
             gr.skip(),
