@@ -74,14 +74,13 @@ def _progress_bar():
 
     state: dict = {"bar": None, "key": None}
 
-    def progress(stage: str, done: int, total: int, label: int) -> None:
+    def progress(stage: str, done: int, total: int, label: int | None) -> None:
         key = (stage, label)
         if state["key"] != key:
             if state["bar"] is not None:
                 state["bar"].close()
-            state["bar"] = tqdm(
-                total=total, desc=f"class {label}: {stage}", unit="img" if total > 1 else "step", leave=False
-            )
+            where = "classes" if label is None else f"class {label}"
+            state["bar"] = tqdm(total=total, desc=f"{where}: {stage}", unit="img" if total > 1 else "step", leave=False)
             state["key"] = key
         bar = state["bar"]
         bar.total = total

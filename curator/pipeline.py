@@ -1,15 +1,18 @@
-"""The detector-guided refinement pipeline, one class at a time, written to a run store as it goes.
+"""The detector-guided refinement pipeline, written to a run store as it goes.
 
 Stages per class: prototypes (k-means in init space) -> synthesis (SDEdit, one seed per image)
 -> inspection (detector confidence, prediction, feature; anomaly reason) -> refinement (K
-candidates per anomaly from the same prototype and label, batched across anomalies) ->
-selection (greedy, ``scoring.select_greedy``). Every stage skips what the store already holds,
+candidates per anomaly from the same prototype and label) -> selection (greedy,
+``scoring.select_greedy``). A group of classes goes through each stage together, so synthesis
+and candidates are batched across classes and anomalies. Every stage skips what the store already holds,
 so a killed run resumes where it stopped and regenerates exactly the same images.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +28,8 @@ from curator.scoring import anomaly_reasons, normalize_features, select_greedy
 from curator.store import Decision, RunStore, StoreError, from_blob
 from curator.training import pick_device
 
-Progress = Callable[[str, int, int, int], None]  # (stage, done, total, label)
+# (stage, done, total, label); label is None when the step covers several classes at once
+Progress = Callable[[str, int, int, int | None], None]
 STAGES = ("prototypes", "synthesis", "inspection", "refinement", "selection")
 
 
@@ -172,35 +176,74 @@ class Pipeline:
 
     # --- the stages ----------------------------------------------------------------------------
     def run(self, labels: list[int] | None = None) -> list[ClassSummary]:
-        """Run every listed class (default: the config's) that is not done yet; classes already done are skipped."""
+        """Run every listed class (default: the config's) that is not done yet; classes already done are skipped.
+
+        Classes go through the stages in groups of about four batches of initial images, so the
+        generator sees full batches (one class at IPC 10 would fill a third of a batch of 32), while
+        a long run still finishes classes, for a person to review, as it goes.
+        """
         labels = self.labels() if labels is None else labels
         self.check_class_sizes(labels)
-        for label in labels:
-            if self.store.class_status(label) != "done":
-                self.run_class(label)
+        todo = [label for label in labels if self.store.class_status(label) != "done"]
+        group = max(1, math.ceil(4 * self.config.batch_size / self.config.ipc))
+        for lo in range(0, len(todo), group):
+            self._run_together(todo[lo : lo + group])
         return summarize(self.store, labels)
 
     def run_class(self, label: int) -> ClassSummary:
         """All stages for one class, skipping what the store already holds (so it also resumes)."""
         self.check_class_sizes([label])
-        t0 = time.time()
-        self.store.set_class_status(label, "running")
-        self.feature_center()
-        protos = self.ensure_prototypes(label)
-        self.ensure_synthesis(label, protos)
-        selected = False
-        for round_ in range(1, self.config.rounds + 1):
-            open_ids = [a["id"] for a in self.store.anomalies(label) if self._needs_round(a["id"], round_)]
-            if not open_ids:
-                break
-            self.generate_candidates(open_ids, round_)
-            self.select(label)
-            selected = True
-        if not selected:  # resumed with every candidate already stored: decisions may still be missing
-            self.select(label)
-        prev = self.store.db.execute("SELECT wall_seconds FROM classes WHERE label=?", (label,)).fetchone()[0] or 0.0
-        self.store.set_class_status(label, "done", prev + time.time() - t0)
+        self._run_together([label])
         return summarize(self.store, [label])[0]
+
+    def _run_together(self, labels: list[int]) -> None:
+        """All stages for ``labels``, each stage batched across them; a stage's wall time is shared
+        among the classes in proportion to the images each had in it."""
+        if not labels:
+            return
+        seconds = dict.fromkeys(labels, 0.0)
+
+        def share(t0: float, weights: dict[int, int]) -> None:
+            total = sum(weights.values())
+            for label, w in weights.items():
+                seconds[label] += (time.time() - t0) * (w / total if total else 1 / len(weights))
+
+        for label in labels:
+            self.store.set_class_status(label, "running")
+        t0 = time.time()
+        self.feature_center()
+        share(t0, dict.fromkeys(labels, 1))
+        protos = {}
+        for label in labels:
+            t0 = time.time()
+            protos[label] = self.ensure_prototypes(label)
+            seconds[label] += time.time() - t0
+        t0 = time.time()
+        share(t0, self.ensure_synthesis_many(protos))
+        unselected = set(labels)
+        for round_ in range(1, self.config.rounds + 1):
+            open_rows = [
+                a for label in labels for a in self.store.anomalies(label) if self._needs_round(a["id"], round_)
+            ]
+            if not open_rows:
+                break
+            t0 = time.time()
+            self.generate_candidates([a["id"] for a in open_rows], round_)
+            share(t0, Counter([a["label"] for a in open_rows]))
+            for label in sorted({a["label"] for a in open_rows}):
+                t0 = time.time()
+                self.select(label)
+                seconds[label] += time.time() - t0
+                unselected.discard(label)
+        # Classes with nothing to generate (no anomaly, or resumed with every candidate stored)
+        # may still lack decisions.
+        for label in sorted(unselected):
+            t0 = time.time()
+            self.select(label)
+            seconds[label] += time.time() - t0
+        for label in labels:
+            prev = self.store.db.execute("SELECT wall_seconds FROM classes WHERE label=?", (label,)).fetchone()[0]
+            self.store.set_class_status(label, "done", (prev or 0.0) + seconds[label])
 
     def _needs_round(self, anomaly_id: int, round_: int) -> bool:
         d = self.store.decision(anomaly_id)
@@ -225,13 +268,17 @@ class Pipeline:
         self.progress("prototypes", 1, 1, label)
         return self.store.prototypes(label)
 
-    def _generate(
-        self, stage: str, label: int, init: torch.Tensor, labels: list[int], seeds: list[int]
-    ) -> torch.Tensor:
+    def _generate(self, stage: str, init: torch.Tensor, labels: list[int], seeds: list[int], base: int = 0,
+                  total: int | None = None) -> torch.Tensor:  # fmt: skip
+        """``generator.generate`` with the run's parameters; progress counts images from ``base`` of
+        ``total``, labelled with the class when the batch holds one class (None for several)."""
         cfg = self.config
+        classes = set(labels)
+        label = next(iter(classes)) if len(classes) == 1 else None
+        total = len(labels) if total is None else total
 
-        def report(done: int, total: int) -> None:
-            self.progress(stage, done, total, label)
+        def report(done: int, n: int) -> None:
+            self.progress(stage, base + done, total, label)
             self._check_cancel()
 
         self._check_cancel()
@@ -247,18 +294,29 @@ class Pipeline:
         )
 
     def ensure_synthesis(self, label: int, protos: list) -> None:
-        done = {r["prototype_id"] for r in self.store.synthetic(label)}
-        todo = [p for p in protos if p["id"] not in done]
+        """The initial image of each of the class's prototypes not yet synthesised, inspected and stored."""
+        self.ensure_synthesis_many({label: protos})
+
+    def ensure_synthesis_many(self, protos: dict[int, list]) -> dict[int, int]:
+        """``ensure_synthesis`` for several classes in one generator call (full batches across classes).
+
+        Returns how many images each class had synthesised now (for sharing out wall time).
+        """
+        todo = [(label, p) for label, rows in protos.items() for p in rows]
+        done = {r["prototype_id"] for label in protos for r in self.store.synthetic(label)}
+        todo = [(label, p) for label, p in todo if p["id"] not in done]
         if not todo:
-            return
-        init = torch.stack([self.store.prototype_latent(p["id"]) for p in todo])
-        seeds = [derive_seed(self.config.seed, label, p["idx"], 0, 0) for p in todo]
-        images = self._generate("synthesis", label, init, [label] * len(todo), seeds)
-        self.progress("inspection", 0, len(todo), label)
+            return {}
+        labels = [label for label, _ in todo]
+        init = torch.stack([self.store.prototype_latent(p["id"]) for _, p in todo])
+        seeds = [derive_seed(self.config.seed, label, p["idx"], 0, 0) for label, p in todo]
+        images = self._generate("synthesis", init, labels, seeds)
+        one = labels[0] if len(set(labels)) == 1 else None
+        self.progress("inspection", 0, len(todo), one)
         insp = self.detector.inspect(images)
-        reasons = anomaly_reasons(insp.probs, np.full(len(todo), label), self.config.tau)
+        reasons = anomaly_reasons(insp.probs, np.asarray(labels), self.config.tau)
         with self.store.transaction():
-            for i, p in enumerate(todo):
+            for i, (label, p) in enumerate(todo):
                 self.store.add_image(
                     label=label,
                     prototype_id=p["id"],
@@ -273,16 +331,18 @@ class Pipeline:
                     reason=reasons[i],
                     feature=insp.features[i],
                 )
-        self.progress("inspection", len(todo), len(todo), label)
+        self.progress("inspection", len(todo), len(todo), one)
+        return Counter(labels)
 
     def generate_candidates(self, anomaly_ids: list[int], round_: int) -> None:
-        """K candidates per anomaly for ``round_``, batched across anomalies, stored per chunk."""
+        """K candidates per anomaly for ``round_``, batched across anomalies (and their classes),
+        stored per chunk of whole batches so that a killed run loses little."""
         k, cfg = self.config.k, self.config
-        chunk = max(1, (4 * cfg.batch_size) // k)
+        chunk = max(1, _lcm(k, cfg.batch_size) // k)
+        chunk *= max(1, (4 * cfg.batch_size) // (chunk * k))
         total = len(anomaly_ids) * k
         for lo in range(0, len(anomaly_ids), chunk):
-            ids = anomaly_ids[lo : lo + chunk]
-            anomalies = [self.store.image(i) for i in ids]
+            anomalies = [self.store.image(i) for i in anomaly_ids[lo : lo + chunk]]
             for a in anomalies:
                 self.store.delete_round(a["id"], round_)
             init = torch.cat(
@@ -295,23 +355,7 @@ class Pipeline:
                 for j in range(k)
             ]
             labels = [a["label"] for a in anomalies for _ in range(k)]
-            label = anomalies[0]["label"]
-
-            def report(done: int, n: int, base: int = lo * k, label: int = label) -> None:
-                self.progress("refinement", base + done, total, label)
-                self._check_cancel()
-
-            self._check_cancel()
-            images = self.generator.generate(
-                init,
-                labels,
-                seeds,
-                strength=cfg.strength,
-                guidance=cfg.guidance,
-                steps=cfg.steps,
-                batch_size=cfg.batch_size,
-                progress=report,
-            )
+            images = self._generate("refinement", init, labels, seeds, base=lo * k, total=total)
             insp = self.detector.inspect(images)
             with self.store.transaction():
                 for n, a in enumerate(anomalies):
@@ -420,6 +464,10 @@ def load_components(
     prepare_generator(generator, data.class_names, config)
     check_compatible(data, generator, detector)
     return data, generator, detector
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
 
 
 def _check_class_sizes(data: Dataset, labels: list[int], ipc: int) -> None:

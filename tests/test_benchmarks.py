@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import DIGITS, make_tiny_detector, make_tiny_generator
 
-from benchmarks import quality, speed
+from benchmarks import quality, refinement_gap, speed
 from curator.pipeline import Pipeline, final_set
 from curator.store import RunStore
 
@@ -83,6 +83,28 @@ def test_ablation_reselect_reproduces_the_pipeline_and_lambda_zero_takes_the_mos
                 resolved += 1
     pipe.store.close()
     assert resolved > 0
+
+
+def test_refinement_gap_quick_trains_each_variant_set_and_reports_the_gain(quick_quality):
+    argv, work = quick_quality
+    assert refinement_gap.main(argv) == 0
+    with (work / "quick" / "gap.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["variant"], r["set"]) for r in rows) == [
+        ("from_noise", "refined"), ("from_noise", "unrefined"), ("refine_all", "refined")]  # fmt: skip
+    refine_all = next(r for r in rows if r["variant"] == "refine_all")
+    assert int(refine_all["anomalies"]) == 10  # tau 1.0: every image of 10 classes at IPC 1 is an anomaly
+    store = RunStore.open(next((work / "runs").glob("*-refine_all-quick")))
+    assert store.config.tau == 1.0 and all(store.candidates(a["id"]) for a in store.anomalies())
+    store.close()
+    default = {r["method"]: float(r["top1"]) for r in _rows(work)}
+    gain = 100 * (default["refined"] - default["unrefined"])
+    report = (work / "quick" / "GAP.md").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("| 1 | default (tau 0.99, strength 0.7) |"))
+    assert line.split(" | ")[5] == f"{gain:+.1f}"
+    assert refinement_gap.main(argv) == 0  # resumed: nothing left to train
+    with (work / "quick" / "gap.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 3
 
 
 def test_random_real_draws_ipc_per_class_and_a_new_subset_per_seed(mnist):

@@ -115,9 +115,10 @@ def _float(value, name: str) -> float:
 def _progress_fn(progress, names: list[str]) -> Callable[[str, int, int, int], None]:
     """Adapt the pipeline's ``(stage, done, total, label)`` to ``gr.Progress``."""
 
-    def report(stage: str, done: int, total: int, label: int) -> None:
+    def report(stage: str, done: int, total: int, label: int | None) -> None:
         if progress is not None:
-            progress((done, max(total, 1)), desc=f"class {names[label]}: {STAGE_NAMES.get(stage, stage)}", unit="img")
+            where = "all classes" if label is None else f"class {names[label]}"
+            progress((done, max(total, 1)), desc=f"{where}: {STAGE_NAMES.get(stage, stage)}", unit="img")
 
     return report
 
