@@ -141,20 +141,27 @@ def fingerprint(generator: str) -> str:
     return h.hexdigest()[:10]
 
 
-def run_path(args: argparse.Namespace, ipc: int, fp: str) -> Path:
-    """``WORK/runs/<data>-ipc<IPC>-<fingerprint>[-quick]``: one run per dataset, IPC and generator."""
-    return Path(args.work) / "runs" / f"{Path(args.data).name}-ipc{ipc}-{fp}{'-quick' if args.quick else ''}"
+def run_path(args: argparse.Namespace, ipc: int, fp: str, variant: str = "") -> Path:
+    """``WORK/runs/<data>-ipc<IPC>-<fingerprint>[-variant][-quick]``: one run per dataset, IPC, generator
+    and variant (see ``benchmarks.refinement_gap``)."""
+    name = f"{Path(args.data).name}-ipc{ipc}-{fp}{'-' + variant if variant else ''}{'-quick' if args.quick else ''}"
+    return Path(args.work) / "runs" / name
 
 
-def ensure_run(args: argparse.Namespace, ipc: int, fp: str, data: Dataset, generator, detector) -> Pipeline:
-    """Create, resume or reopen the run of this IPC (``run_path``) and finish it."""
-    path = run_path(args, ipc, fp)
+def ensure_run(
+    args: argparse.Namespace, ipc: int, fp: str, data: Dataset, generator, detector, variant: str = "",
+    overrides: dict | None = None,
+) -> Pipeline:  # fmt: skip
+    """Create, resume or reopen the run of this IPC (``run_path``) and finish it. ``overrides``
+    changes RunConfig defaults for a named ``variant``."""
+    path = run_path(args, ipc, fp, variant)
     root, run_id = path.parent, path.name
     kw = dict(data=data, generator=generator, detector=detector)
     if (root / run_id / "run.sqlite").is_file():
         pipe = Pipeline(RunStore.open(root / run_id), **kw)
     else:
-        cfg = RunConfig(data=args.data, generator=args.generator, detector=args.detector, ipc=ipc, device=args.device)
+        cfg = RunConfig(data=args.data, generator=args.generator, detector=args.detector, ipc=ipc, device=args.device,
+                        **(overrides or {}))  # fmt: skip
         if args.quick:
             cfg.steps, cfg.k = 4, 4
         pipe = Pipeline.create(cfg, str(root), run_id, **kw)
@@ -213,15 +220,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="students per set, seeds 0..N-1")
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the evaluation protocol)")
     p.add_argument("--lam-high", dest="lam_high", type=float, default=2.0, help="lambda of the uniqueness ablation")
+    add_common_args(p, "quality.csv and RESULTS.md")
+    return finish_args(p.parse_args(argv))
+
+
+def add_common_args(p: argparse.ArgumentParser, outputs: str) -> None:
+    """Models, device, parallelism, folders and --quick: the options the quality benchmarks share."""
     p.add_argument("--generator", default=DEFAULT_GENERATOR)
     p.add_argument("--detector", default=DEFAULT_DETECTOR)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (pipeline and students)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     p.add_argument("--jobs", type=int, default=1, help="students trained side by side, one process each")
     p.add_argument("--work", default=str(HERE / "_work"), help="runs and the cached classifier")
-    p.add_argument("--out", default=None, help="folder for quality.csv and RESULTS.md (default benchmarks/)")
+    p.add_argument("--out", default=None, help=f"folder for {outputs} (default benchmarks/)")
     p.add_argument("--quick", action="store_true", help="IPC 1, 1 seed, 2 epochs, 4 steps, K 4, 200 test images")
-    args = p.parse_args(argv)
+
+
+def finish_args(args: argparse.Namespace) -> argparse.Namespace:
+    """--quick's settings, and the output folder's default."""
     if args.quick:
         args.ipc, args.seeds, args.epochs = [1], 1, args.epochs or 2
         args.out = args.out or str(Path(args.work) / "quick")
@@ -229,16 +245,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    from benchmarks.classifier import ACCURACY_BAR, load_or_train
-    from benchmarks.report import write_results
+@dataclass
+class Bench:
+    """What a quality benchmark loads once: models, data, the independent judge."""
 
-    args = parse_args(argv)
+    fp: str
+    generator: object
+    detector: Detector
+    data: Dataset
+    judge: torch.nn.Module
+    judge_meta: dict
+
+
+def load_bench(args: argparse.Namespace) -> Bench:
+    """Threads, output folder, generator fingerprint, models and data (--quick: 20 test images per
+    class), and the independent classifier (trained once, cached under WORK)."""
+    from benchmarks.classifier import ACCURACY_BAR, load_or_train
+
     torch.set_num_threads(args.threads)
-    out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "quality.csv"
-    fp = fingerprint(args.generator)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     generator = load_generator(args.generator, device)
     detector = Detector.load(args.detector, device)
@@ -248,10 +273,22 @@ def main(argv: list[str] | None = None) -> int:
         data.test = ImageSet(data.test.images[keep], data.test.labels[keep])
     judge_kw = dict(epochs=1, limit=500) if args.quick else dict(epochs=20)
     tag = "quick" if args.quick else "full"
-    judge, judge_meta = load_or_train(data, work / f"independent-{Path(args.data).name}-{tag}.pt", **judge_kw)
+    judge_path = Path(args.work) / f"independent-{Path(args.data).name}-{tag}.pt"
+    judge, judge_meta = load_or_train(data, judge_path, **judge_kw)
     print(f"independent classifier: {100 * judge_meta['test_accuracy']:.2f} % on the test split", flush=True)
     if not args.quick and judge_meta["test_accuracy"] < ACCURACY_BAR:
         print(f"warning: the independent classifier is below {100 * ACCURACY_BAR} %", file=sys.stderr)
+    return Bench(fingerprint(args.generator), generator, detector, data, judge, judge_meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.report import write_results
+
+    args = parse_args(argv)
+    out = Path(args.out)
+    csv_path = out / "quality.csv"
+    b = load_bench(args)
+    fp, generator, detector, data, judge, judge_meta = b.fp, b.generator, b.detector, b.data, b.judge, b.judge_meta
     command = " ".join(["python -m benchmarks.quality", *(argv if argv is not None else sys.argv[1:])])
     spawn = torch.multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(args.jobs, mp_context=spawn) if args.jobs > 1 else None

@@ -33,13 +33,21 @@ import pandas as pd
 import torch
 
 from benchmarks.quality import COLUMNS as QUALITY_COLUMNS
-from benchmarks.quality import HERE, Labelled, _rows_to_set, _student_job, append_row, fingerprint, machine, read_rows
-from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
-from curator.data import ImageSet, load_dataset
-from curator.detector import Detector
+from benchmarks.quality import (
+    HERE,
+    Labelled,
+    _rows_to_set,
+    _student_job,
+    add_common_args,
+    append_row,
+    ensure_run,
+    finish_args,
+    load_bench,
+    machine,
+    read_rows,
+)
 from curator.evaluation import default_epochs
-from curator.pipeline import Pipeline, final_set, load_generator, summarize
-from curator.store import RunStore
+from curator.pipeline import Pipeline, final_set, summarize
 from curator.training import pick_device
 
 VARIANTS = {"refine_all": {"tau": 1.0}, "from_noise": {"strength": 1.0}}
@@ -57,37 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--generator", default=DEFAULT_GENERATOR)
-    p.add_argument("--detector", default=DEFAULT_DETECTOR)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--work", default=str(HERE / "_work"))
-    p.add_argument("--out", default=None, help="folder for gap.csv and GAP.md (default benchmarks/)")
-    p.add_argument("--quick", action="store_true", help="IPC 1, 1 seed, 2 epochs, 4 steps, K 4, 200 test images")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.ipc, args.seeds, args.epochs = [1], 1, args.epochs or 2
-        args.out = args.out or str(Path(args.work) / "quick")
-    args.out = args.out or str(HERE)
-    return args
-
-
-def ensure_variant_run(args, variant: str, ipc: int, fp: str, data, generator, detector) -> Pipeline:
-    """The default run of this IPC with the variant's one change, created or resumed under WORK/runs."""
-    run_id = f"{Path(args.data).name}-ipc{ipc}-{fp}-{variant}{'-quick' if args.quick else ''}"
-    root = Path(args.work) / "runs"
-    kw = dict(data=data, generator=generator, detector=detector)
-    if (root / run_id / "run.sqlite").is_file():
-        pipe = Pipeline(RunStore.open(root / run_id), **kw)
-    else:
-        cfg = RunConfig(data=args.data, generator=args.generator, detector=args.detector, ipc=ipc, device=args.device,
-                        **VARIANTS[variant])  # fmt: skip
-        if args.quick:
-            cfg.steps, cfg.k = 4, 4
-        pipe = Pipeline.create(cfg, str(root), run_id, **kw)
-    pipe.run()
-    return pipe
+    add_common_args(p, "gap.csv and GAP.md")
+    return finish_args(p.parse_args(argv))
 
 
 def variant_sets(pipe: Pipeline, variant: str) -> dict[str, Labelled]:
@@ -100,25 +79,13 @@ def variant_sets(pipe: Pipeline, variant: str) -> dict[str, Labelled]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.classifier import load_or_train, predict
+    from benchmarks.classifier import predict
 
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "gap.csv"
-    fp = fingerprint(args.generator)
-    device = pick_device(args.device)
-    generator = load_generator(args.generator, device)
-    detector = Detector.load(args.detector, device)
-    data = load_dataset(args.data, size=generator.resolution, channels=generator.channels)
-    if args.quick:
-        keep = np.concatenate([np.flatnonzero(data.test.labels == c)[:20] for c in range(data.num_classes)])
-        data.test = ImageSet(data.test.images[keep], data.test.labels[keep])
-    tag = "quick" if args.quick else "full"
-    judge_kw = dict(epochs=1, limit=500) if args.quick else dict(epochs=20)
-    judge_path = Path(args.work) / f"independent-{Path(args.data).name}-{tag}.pt"
-    judge, judge_meta = load_or_train(data, judge_path, **judge_kw)
+    b = load_bench(args)
+    fp, generator, detector, data, judge, judge_meta = b.fp, b.generator, b.detector, b.data, b.judge, b.judge_meta
     done = {(r["generator"], r["variant"], int(r["ipc"]), r["set"], int(r["seed"])) for r in read_rows(csv_path)}
     spawn = torch.multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(args.jobs, mp_context=spawn) if args.jobs > 1 else None
@@ -140,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_variant(args, variant, ipc, fp, todo, data, generator, detector, judge, predict, csv_path, pool) -> None:
     t0 = time.time()
-    pipe = ensure_variant_run(args, variant, ipc, fp, data, generator, detector)
+    pipe = ensure_run(args, ipc, fp, data, generator, detector, variant, VARIANTS[variant])
     anomalies = sum(s.anomalies for s in summarize(pipe.store, pipe.labels()))
     print(f"{variant} IPC {ipc}: run ready, {anomalies} anomalies ({time.time() - t0:.0f} s)", flush=True)
     sets = variant_sets(pipe, variant)
