@@ -31,6 +31,12 @@ def quick_quality(tmp_path_factory, models):
     return argv, work
 
 
+def _run(argv, variant: str = ""):
+    """The folder of the quick benchmark run of IPC 1 (the default, or a refinement_gap variant)."""
+    args = quality.parse_args(argv)
+    return quality.run_path(args, 1, quality.fingerprint(args.generator), variant)
+
+
 def _rows(work):
     with (work / "quick" / "quality.csv").open() as f:
         return list(csv.DictReader(f))
@@ -64,8 +70,8 @@ def test_quality_resumes_by_skipping_finished_rows(quick_quality):
 
 
 def test_ablation_reselect_reproduces_the_pipeline_and_lambda_zero_takes_the_most_confident(quick_quality, mnist):
-    _, work = quick_quality
-    path = next((work / "runs").glob("*-quick"))
+    argv, _ = quick_quality
+    path = _run(argv)
     pipe = Pipeline(RunStore.open(path), data=mnist)
     anomalies = pipe.store.anomalies()
     assert anomalies, "the tiny random detector should flag anomalies"
@@ -94,14 +100,17 @@ def test_refinement_gap_quick_trains_each_variant_set_and_reports_the_gain(quick
         ("from_noise", "refined"), ("from_noise", "unrefined"), ("refine_all", "refined")]  # fmt: skip
     refine_all = next(r for r in rows if r["variant"] == "refine_all")
     assert int(refine_all["anomalies"]) == 10  # tau 1.0: every image of 10 classes at IPC 1 is an anomaly
-    store = RunStore.open(next((work / "runs").glob("*-refine_all-quick")))
+    store = RunStore.open(_run(argv, "refine_all"))
     assert store.config.tau == 1.0 and all(store.candidates(a["id"]) for a in store.anomalies())
     store.close()
     default = {r["method"]: float(r["top1"]) for r in _rows(work)}
     gain = 100 * (default["refined"] - default["unrefined"])
     report = (work / "quick" / "GAP.md").read_text()
     line = next(x for x in report.splitlines() if x.startswith("| 1 | default (tau 0.99, strength 0.7) |"))
-    assert line.split(" | ")[5] == f"{gain:+.1f}"
+    store = RunStore.open(_run(argv))
+    anomalies = len(store.anomalies())
+    store.close()
+    assert line.split(" | ")[2] == str(anomalies) and line.split(" | ")[6] == f"{gain:+.1f} |"
     assert refinement_gap.main(argv) == 0  # resumed: nothing left to train
     with (work / "quick" / "gap.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 3
