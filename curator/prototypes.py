@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from curator.data import DataError
 
@@ -22,7 +23,10 @@ def class_prototypes(
     if len(latents) < n:
         raise DataError(f"class {class_name!r} has {len(latents)} training images, fewer than IPC = {n}")
     flat = latents.reshape(len(latents), -1).double().numpy()
-    km = KMeans(n_clusters=n, n_init=4, random_state=seed).fit(flat)
+    # One BLAS thread: k-means here multiplies small matrices, where OpenBLAS threads cost more than
+    # they save (8x slower for mnist5k's 10 classes on 2 cores, benchmarks/SPEED.md); same centres.
+    with threadpool_limits(1, user_api="blas"):
+        km = KMeans(n_clusters=n, n_init=4, random_state=seed).fit(flat)
     sizes = np.bincount(km.labels_, minlength=n)
     order = np.argsort(-sizes, kind="stable")
     remap = np.empty(n, dtype=int)
