@@ -137,7 +137,9 @@ The refined sets hold fewer than IPC images per class when an anomaly stayed unr
 
 {_table(["target", "measured", "status"], targets(s, ipcs, judge_meta.get("test_accuracy")))}
 
-Speed targets (pipeline efficiency, the default run under 3 minutes) are in `SPEED.md`.
+Speed targets (pipeline efficiency, the default run under 3 minutes) are in `SPEED.md`. What
+refinement gains when it replaces every image, or starts from a weaker synthesis (one way to
+look at the 2-point target): `GAP.md` (`benchmarks/refinement_gap.py`).
 Raw rows: `{csv_path.name}`.
 """
     path.write_text(text)
