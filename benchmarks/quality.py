@@ -281,6 +281,12 @@ def load_bench(args: argparse.Namespace) -> Bench:
     return Bench(fingerprint(args.generator), generator, detector, data, judge, judge_meta)
 
 
+def student_pool(jobs: int) -> ProcessPoolExecutor | None:
+    """Worker processes for ``jobs`` students side by side (spawned: torch and fork do not mix), or
+    None to train them in this process."""
+    return ProcessPoolExecutor(jobs, mp_context=torch.multiprocessing.get_context("spawn")) if jobs > 1 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.report import write_results
 
@@ -290,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     b = load_bench(args)
     fp, generator, detector, data, judge, judge_meta = b.fp, b.generator, b.detector, b.data, b.judge, b.judge_meta
     command = " ".join(["python -m benchmarks.quality", *(argv if argv is not None else sys.argv[1:])])
-    spawn = torch.multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(args.jobs, mp_context=spawn) if args.jobs > 1 else None
+    pool = student_pool(args.jobs)
     try:
         for ipc in args.ipc:
             done = {_key(r) for r in read_rows(csv_path)}

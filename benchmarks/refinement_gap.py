@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from benchmarks.quality import COLUMNS as QUALITY_COLUMNS
 from benchmarks.quality import (
@@ -46,6 +45,7 @@ from benchmarks.quality import (
     machine,
     pipeline_stats,
     read_rows,
+    student_pool,
 )
 from curator.evaluation import default_epochs
 from curator.pipeline import Pipeline, final_set, summarize
@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     b = load_bench(args)
     fp, generator, detector, data, judge, judge_meta = b.fp, b.generator, b.detector, b.data, b.judge, b.judge_meta
     done = {(r["generator"], r["variant"], int(r["ipc"]), r["set"], int(r["seed"])) for r in read_rows(csv_path)}
-    spawn = torch.multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(args.jobs, mp_context=spawn) if args.jobs > 1 else None
+    pool = student_pool(args.jobs)
     try:
         for variant in args.variants:
             for ipc in args.ipc:

@@ -79,7 +79,7 @@ def _progress_bar():
         if state["key"] != key:
             if state["bar"] is not None:
                 state["bar"].close()
-            where = "classes" if label is None else f"class {label}"
+            where = "several classes" if label is None else f"class {label}"
             state["bar"] = tqdm(total=total, desc=f"{where}: {stage}", unit="img" if total > 1 else "step", leave=False)
             state["key"] = key
         bar = state["bar"]

@@ -4,8 +4,8 @@ Stages per class: prototypes (k-means in init space) -> synthesis (SDEdit, one s
 -> inspection (detector confidence, prediction, feature; anomaly reason) -> refinement (K
 candidates per anomaly from the same prototype and label) -> selection (greedy,
 ``scoring.select_greedy``). A group of classes goes through each stage together, so synthesis
-and candidates are batched across classes and anomalies. Every stage skips what the store already holds,
-so a killed run resumes where it stopped and regenerates exactly the same images.
+and candidates are batched across classes and anomalies. Every stage skips what the store already
+holds, so a killed run resumes where it stopped and regenerates exactly the same images.
 """
 
 from __future__ import annotations
@@ -273,8 +273,7 @@ class Pipeline:
         """``generator.generate`` with the run's parameters; progress counts images from ``base`` of
         ``total``, labelled with the class when the batch holds one class (None for several)."""
         cfg = self.config
-        classes = set(labels)
-        label = next(iter(classes)) if len(classes) == 1 else None
+        label = _one_class(labels)
         total = len(labels) if total is None else total
 
         def report(done: int, n: int) -> None:
@@ -293,12 +292,9 @@ class Pipeline:
             progress=report,
         )
 
-    def ensure_synthesis(self, label: int, protos: list) -> None:
-        """The initial image of each of the class's prototypes not yet synthesised, inspected and stored."""
-        self.ensure_synthesis_many({label: protos})
-
     def ensure_synthesis_many(self, protos: dict[int, list]) -> dict[int, int]:
-        """``ensure_synthesis`` for several classes in one generator call (full batches across classes).
+        """The initial image of each prototype not yet synthesised, for every class of ``protos``
+        ({label: prototype rows}) in one generator call, inspected and stored.
 
         Returns how many images each class had synthesised now (for sharing out wall time).
         """
@@ -311,7 +307,7 @@ class Pipeline:
         init = torch.stack([self.store.prototype_latent(p["id"]) for _, p in todo])
         seeds = [derive_seed(self.config.seed, label, p["idx"], 0, 0) for label, p in todo]
         images = self._generate("synthesis", init, labels, seeds)
-        one = labels[0] if len(set(labels)) == 1 else None
+        one = _one_class(labels)
         self.progress("inspection", 0, len(todo), one)
         insp = self.detector.inspect(images)
         reasons = anomaly_reasons(insp.probs, np.asarray(labels), self.config.tau)
@@ -338,7 +334,7 @@ class Pipeline:
         """K candidates per anomaly for ``round_``, batched across anomalies (and their classes),
         stored per chunk of whole batches so that a killed run loses little."""
         k, cfg = self.config.k, self.config
-        chunk = max(1, _lcm(k, cfg.batch_size) // k)
+        chunk = max(1, math.lcm(k, cfg.batch_size) // k)
         chunk *= max(1, (4 * cfg.batch_size) // (chunk * k))
         total = len(anomaly_ids) * k
         for lo in range(0, len(anomaly_ids), chunk):
@@ -466,8 +462,9 @@ def load_components(
     return data, generator, detector
 
 
-def _lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
+def _one_class(labels: list[int]) -> int | None:
+    """The class of ``labels`` when they hold one, else None (progress then covers several classes)."""
+    return labels[0] if len(set(labels)) == 1 else None
 
 
 def _check_class_sizes(data: Dataset, labels: list[int], ipc: int) -> None:

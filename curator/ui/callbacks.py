@@ -29,7 +29,7 @@ from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.embedding import run_embedding
 from curator.errors import USER_ERRORS
 from curator.export import export_run
-from curator.pipeline import Cancelled, Pipeline, user_decide
+from curator.pipeline import Cancelled, Pipeline, Progress, user_decide
 from curator.store import Decision, RunStore
 from curator.ui import jobs, resources
 from curator.ui.plots import umap_figure
@@ -112,12 +112,12 @@ def _float(value, name: str) -> float:
         raise UIError(f"{name} must be a number, got {value!r}") from exc
 
 
-def _progress_fn(progress, names: list[str]) -> Callable[[str, int, int, int], None]:
+def _progress_fn(progress, names: list[str]) -> Progress:
     """Adapt the pipeline's ``(stage, done, total, label)`` to ``gr.Progress``."""
 
     def report(stage: str, done: int, total: int, label: int | None) -> None:
         if progress is not None:
-            where = "all classes" if label is None else f"class {names[label]}"
+            where = "several classes" if label is None else f"class {names[label]}"
             progress((done, max(total, 1)), desc=f"{where}: {STAGE_NAMES.get(stage, stage)}", unit="img")
 
     return report

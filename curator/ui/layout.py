@@ -234,22 +234,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             cb.show_class, [state, label], panel, api_name="show_after_jump", api_visibility="private"
         )
 
-        umap_btn.click(
-            cb.embedding,
-            [state, color_by],
-            [status, umap_plot, umap_info],
-            api_name="embedding",
-            concurrency_id="umap",
-            concurrency_limit=1,
-        )
-        color_by.input(
-            cb.embedding,
-            [state, color_by],
-            [status, umap_plot, umap_info],
-            api_visibility="private",
-            concurrency_id="umap",
-            concurrency_limit=1,
-        )
+        umap_kw = dict(concurrency_id="umap", concurrency_limit=1)  # one UMAP fit at a time
+        umap_io = ([state, color_by], [status, umap_plot, umap_info])
+        umap_btn.click(cb.embedding, *umap_io, api_name="embedding", **umap_kw)
+        color_by.input(cb.embedding, *umap_io, api_visibility="private", **umap_kw)
 
         export_btn.click(cb.export, [state], [status, download, preview], api_name="export")
     return demo
