@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench crash-test
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,3 +24,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# Kill a real run after every store commit, resume, compare exports (benchmarks/CRASH.md).
+crash-test: install
+	$(BIN)/python -m benchmarks.crash

@@ -54,11 +54,43 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="DiT: JSON file {class name: ImageNet id} or 'imagenette' (default: ImageNette ids, the model's labels)",
     )
     p.add_argument("--dtype", default=None, help="auto | float32 | float16 | bfloat16 (default auto: float16 on CUDA)")
+    p.add_argument(
+        "--uniqueness-centre",
+        dest="uniqueness_centre",
+        choices=("class", "global"),
+        default=None,
+        help=f"centre features on the image's class mean or the all-class mean (default {d.uniqueness_centre})",
+    )
 
 
-def _config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+def _report_skipped(data) -> None:
+    """List on stderr the files a dataset skipped as unreadable (the first 20), if any."""
+    if data.skipped:
+        print(f"skipped {len(data.skipped)} unreadable file(s):", file=sys.stderr)
+        for path, reason in data.skipped[:20]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        if len(data.skipped) > 20:
+            print(f"  ... and {len(data.skipped) - 20} more", file=sys.stderr)
+
+
+def _check_training_args(args: argparse.Namespace, *counts: str) -> None:
+    """ConfigError naming the first training option out of range (counts >= 1, lr > 0)."""
+    from curator.config import ConfigError
+
+    for name in counts:
+        if getattr(args, name) < 1:
+            raise ConfigError(f"parameter {name} must be at least 1, got {getattr(args, name)}")
+    if not args.lr > 0:
+        raise ConfigError(f"parameter lr must be > 0, got {args.lr}")
+
+
+def _config_from_args(
+    args: argparse.Namespace, base: RunConfig | None = None, backend_defaults: bool = True
+) -> RunConfig:
+    """The run's config: flags over ``base``, or over the generator backend's defaults (a heavy
+    import) and then RunConfig's; validated."""
     values = dict((base or RunConfig()).__dict__)
-    if base is None and getattr(args, "generator", None):
+    if base is None and backend_defaults and getattr(args, "generator", None):
         from curator.backends import backend_defaults
 
         values.update(backend_defaults(args.generator))  # e.g. guidance 8 for Stable Diffusion; flags still win
@@ -87,6 +119,13 @@ def _progress_bar():
         bar.n = done
         bar.refresh()
 
+    def close() -> None:
+        """Clear the bar, so that a message printed next starts on a line of its own."""
+        if state["bar"] is not None:
+            state["bar"].close()
+            state["bar"] = state["key"] = None
+
+    progress.close = close  # type: ignore[attr-defined]
     return progress
 
 
@@ -126,40 +165,66 @@ def summary_table(summaries) -> str:
     return df.to_string(index=False)
 
 
+def _check_run_args(args: argparse.Namespace) -> RunConfig | None:
+    """Everything about a ``run`` that can be checked before the heavy imports (torch, models):
+    parameters, the data path, the run folder to resume. Returns the new run's config."""
+    from curator.errors import ConfigError, DataError, StoreError
+
+    if args.resume:
+        if not (Path(args.resume) / "run.sqlite").is_file():
+            raise StoreError(f"no run at {args.resume} (expected {Path(args.resume) / 'run.sqlite'})")
+        return None
+    if args.run_id is not None and (not args.run_id.strip() or Path(args.run_id).name != args.run_id):
+        raise ConfigError(f"--run-id must be a plain folder name, got {args.run_id!r}")
+    config = _config_from_args(args, backend_defaults=False)  # the flags' own ranges, before any import
+    if config.data != "mnist5k" and not Path(config.data).is_dir():
+        raise DataError(f"dataset path does not exist or is not a folder: {config.data}")
+    return _config_from_args(args) if args.generator else config
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    config = _check_run_args(args)
     from curator.pipeline import Pipeline
     from curator.store import RunStore
 
     t0 = time.time()
+    progress = _progress_bar()
     if args.resume:
         store = RunStore.open(args.resume)
         print(f"resuming run {store.run_id} at {store.path}")
-        pipe = Pipeline(store, progress=_progress_bar())
+        try:
+            pipe = Pipeline(store, progress=progress)
+        except BaseException:
+            store.close()
+            raise
     else:
-        config = _config_from_args(args)
-        pipe = Pipeline.create(config, args.out, progress=_progress_bar())
+        pipe = Pipeline.create(config, args.out, run_id=args.run_id, progress=progress)
         store = pipe.store
         print(f"new run {store.run_id} at {store.path}")
-    if pipe.data.skipped:
-        print(f"skipped {len(pipe.data.skipped)} unreadable file(s):", file=sys.stderr)
-        for path, reason in pipe.data.skipped[:20]:
-            print(f"  {path}: {reason}", file=sys.stderr)
-    summaries = pipe.run()
+    _report_skipped(pipe.data)
+    try:
+        summaries = pipe.run()
+        run_id = store.run_id
+    finally:
+        progress.close()
+        store.close()
     print(summary_table(summaries))
     print(
-        f"run {store.run_id}: {time.time() - t0:.1f} s wall; export with: "
+        f"run {run_id}: {time.time() - t0:.1f} s wall; export with: "
         f"python -m curator export {store.path} --out {store.path}/export"
     )
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from curator.export import export_run
+    from curator.export import export_run, unfinished_classes
     from curator.store import RunStore
 
     store = RunStore.open(args.run)
-    out = export_run(store, args.out or store.path / "export", make_zip=args.zip)
-    print(f"exported to {out}")
+    missing = unfinished_classes(store) if args.partial else []
+    out = export_run(store, args.out or store.path / "export", make_zip=args.zip, partial=args.partial)
+    note = f" (partial: unfinished classes {', '.join(missing)} left out)" if missing else ""
+    print(f"exported to {out}{note}")
     return 0
 
 
@@ -225,9 +290,12 @@ def cmd_check_generator(args: argparse.Namespace) -> int:
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
     from curator.data import load_dataset
-    from curator.training import train_generator
+    from curator.training import pick_device, train_generator
 
+    _check_training_args(args, "steps", "batch_size")
+    pick_device(args.device)  # a bad --device fails before the data is read
     data = load_dataset(args.data, size=args.size, channels=args.channels)
+    _report_skipped(data)
     gen = train_generator(
         data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device
     )
@@ -238,10 +306,13 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 def cmd_train_detector(args: argparse.Namespace) -> int:
     from curator.data import load_dataset
     from curator.detector import default_input_size
-    from curator.training import train_detector
+    from curator.training import pick_device, train_detector
 
+    _check_training_args(args, "epochs", "batch_size")
+    pick_device(args.device)  # a bad --device fails before the data is read
     size = args.size or (default_input_size(args.arch) if args.pretrained else None)  # pretrained: timm's size
     data = load_dataset(args.data, size=size, channels=args.channels)
+    _report_skipped(data)
     det = train_detector(
         data,
         args.out,
@@ -266,12 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--out", default="runs", help="folder that holds run folders (default runs/)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run folder RUN")
+    p.add_argument("--run-id", dest="run_id", default=None, help="name of the new run folder (default: time-stamped)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("export", help="export a run as an ImageFolder with metadata.csv")
+    p = sub.add_parser("export", help="export a run as an ImageFolder with metadata (Hugging Face imagefolder layout)")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", default=None, help="export folder (default RUN/export)")
     p.add_argument("--zip", action="store_true", help="also write OUT.zip")
+    p.add_argument(
+        "--partial", action="store_true", help="export a run with unfinished classes (left out, listed in run.json)"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-generator", help="share of a generator's samples the detector assigns to their class")
@@ -337,13 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from curator.errors import USER_ERRORS
+    from curator.errors import USER_ERRORS  # light: no torch before the arguments are parsed
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; everything decided so far is saved. Resume with --resume RUN", file=sys.stderr)

@@ -45,7 +45,10 @@ class RunConfig:
     batch_size: int = 32  # images per generator batch (CPU throughput peaks at 16-32: benchmarks/SPEED.md)
     rounds: int = 1  # automatic refinement rounds per anomaly
     test_fraction: float = 0.2  # ImageFolder without train/test folders
-    real_sample: int = 50  # real images per class kept for the feature centre and UMAP
+    real_sample: int = 50  # real images per class kept for the feature centres and UMAP
+    # Uniqueness compares detector features centred on the mean real feature of the image's own
+    # class ("class") or of all classes ("global"); see scoring.py and benchmarks/DEFAULTS.md.
+    uniqueness_centre: str = "global"
     # Large-model backends (curator/backends): ignored by the built-in pixel model.
     prompt_template: str = "{name}"  # Stable Diffusion prompt per class; {name} = readable class name
     negative_prompt: str = ""  # Stable Diffusion negative prompt ("" = none)
@@ -66,6 +69,7 @@ class RunConfig:
             ("rounds", self.rounds >= 1, "at least 1"),
             ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
             ("real_sample", self.real_sample >= 1, "at least 1"),
+            ("uniqueness_centre", self.uniqueness_centre in ("class", "global"), "class or global"),
             ("device", self.device in ("auto", "cpu") or self.device.startswith("cuda"), "auto, cpu or cuda"),
             ("dtype", self.dtype in ("auto", "float32", "float16", "bfloat16"), "auto, float32, float16 or bfloat16"),
             ("prompt_template", _formats(self.prompt_template), "a text whose only field is {name}"),
@@ -84,7 +88,8 @@ class RunConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown run parameter(s): {unknown}")
-        return cls(**d)
+        # Runs stored before the parameter existed were scored with the global centre.
+        return cls(**{"uniqueness_centre": "global", **d})
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:

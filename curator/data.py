@@ -15,12 +15,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from curator.errors import DataError
+
 BUILTIN = "mnist5k"
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-class DataError(ValueError):
-    """Bad dataset input; the message names the offending path, class or parameter."""
 
 
 @dataclass

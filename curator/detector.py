@@ -17,8 +17,9 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from curator.config import ConfigError
 from curator.data import resize_images
-from curator.generator import ModelFileError
+from curator.errors import ModelFileError
 
 DEFAULT_ARCH = "resnet10t"
 # Narrow channels and output stride 8 adapt resnet10t to 28x28 grayscale digits: the stock stride
@@ -102,7 +103,7 @@ class Detector:
             )
         except RuntimeError as exc:
             if "Unknown model" in str(exc):
-                raise ValueError(f"timm has no model named {arch!r}") from exc
+                raise ConfigError(f"timm has no model named {arch!r}") from exc
             raise
         except OSError as exc:  # not in the Hugging Face cache (HF_HUB_OFFLINE=1), or an unreadable file
             where = pretrained_file or f"the Hugging Face cache ({_hub_id(arch)})"
@@ -188,18 +189,28 @@ class Detector:
         for needed in ("config.json", "model.safetensors"):
             if not (path / needed).is_file():
                 raise ModelFileError(f"detector folder {path} is missing {needed}")
-        cfg = json.loads((path / "config.json").read_text())
-        model = timm.create_model(
-            cfg["arch"],
-            pretrained=False,
-            num_classes=len(cfg["class_names"]),
-            in_chans=cfg["channels"],
-            **cfg["model_kwargs"],
-        )
+        config_file, weights_file = path / "config.json", path / "model.safetensors"
         try:
-            model.load_state_dict(load_file(path / "model.safetensors"))
-        except (OSError, RuntimeError) as exc:
-            raise ModelFileError(f"cannot load detector weights {path / 'model.safetensors'}: {exc}") from exc
+            cfg = json.loads(config_file.read_text())
+            keys = ("arch", "model_kwargs", "class_names", "input_size", "channels", "mean", "std")
+            missing = [k for k in keys if k not in cfg] if isinstance(cfg, dict) else list(keys)
+            if missing:
+                raise ValueError(f"missing key(s) {missing}")
+            model = timm.create_model(
+                cfg["arch"],
+                pretrained=False,
+                num_classes=len(cfg["class_names"]),
+                in_chans=cfg["channels"],
+                **cfg["model_kwargs"],
+            )
+        except Exception as exc:  # not JSON (JSONDecodeError), unreadable, wrong keys or values, unknown arch
+            raise ModelFileError(
+                f"detector config {config_file} is unreadable or not a detector config: {exc}"
+            ) from exc
+        try:
+            model.load_state_dict(load_file(weights_file))
+        except Exception as exc:  # truncated or corrupt (SafetensorError), or weights of another model
+            raise ModelFileError(f"cannot load detector weights {weights_file}: {exc}") from exc
         return cls(
             model,
             cfg["arch"],

@@ -24,12 +24,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from curator.data import resize_images
+from curator.errors import ModelFileError
 
 ProgressFn = Callable[[int, int], None]  # (done, total) in images
-
-
-class ModelFileError(FileNotFoundError):
-    """A model folder or file is missing or unreadable; the message names the path."""
 
 
 class Generator(Protocol):
@@ -154,12 +151,38 @@ class PixelDiffusion:
         for needed in ("unet/config.json", "scheduler/scheduler_config.json", "classes.json"):
             if not (path / needed).is_file():
                 raise ModelFileError(f"generator folder {path} is missing {needed}")
+        classes_file = path / "classes.json"
         try:
-            unet = UNet2DModel.from_pretrained(path / "unet")
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelFileError(f"cannot load the generator UNet from {path / 'unet'}: {exc}") from exc
-        scheduler_config = dict(DDPMScheduler.load_config(path / "scheduler"))
-        class_names = json.loads((path / "classes.json").read_text())
+            class_names = json.loads(classes_file.read_text())
+        except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise ModelFileError(f"generator class list {classes_file} is unreadable or not JSON: {exc}") from exc
+        if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
+            raise ModelFileError(f"generator class list {classes_file} must be a JSON list of class names")
+        try:
+            scheduler_config = dict(DDPMScheduler.load_config(path / "scheduler"))
+        except Exception as exc:  # diffusers: EnvironmentError/OSError, ValueError for bad JSON
+            raise ModelFileError(
+                f"cannot read the generator scheduler config {path / 'scheduler/scheduler_config.json'}: {exc}"
+            ) from exc
+        unet_dir = path / "unet"
+        try:
+            json.loads((unet_dir / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(
+                f"generator UNet config {unet_dir / 'config.json'} is unreadable or not JSON: {exc}"
+            ) from exc
+        weights = unet_dir / "diffusion_pytorch_model.safetensors"  # what diffusers reads first
+        if not weights.is_file():
+            weights = next((f for f in sorted(unet_dir.glob("diffusion_pytorch_model*")) if f.is_file()), unet_dir)
+        try:
+            unet = UNet2DModel.from_pretrained(unet_dir)
+        except Exception as exc:  # truncated weights (SafetensorError), OSError, ValueError, bad config values
+            raise ModelFileError(f"cannot load the generator UNet from {weights}: {exc}") from exc
+        embeds = unet.config.num_class_embeds
+        if embeds is not None and embeds != len(class_names) + 1:  # one extra: the unconditional label
+            raise ModelFileError(
+                f"{classes_file} lists {len(class_names)} classes but the UNet in {unet_dir} has {embeds - 1}"
+            )
         return cls(unet, scheduler_config, class_names, device)
 
     # --- init space ----------------------------------------------------------------------------

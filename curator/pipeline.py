@@ -25,7 +25,7 @@ from curator.detector import Detector
 from curator.generator import Generator
 from curator.prototypes import class_prototypes
 from curator.scoring import anomaly_reasons, normalize_features, select_greedy
-from curator.store import Decision, RunStore, StoreError, from_blob
+from curator.store import GLOBAL_CENTRE, Decision, RunStore, StoreError, from_blob
 from curator.training import pick_device
 
 # (stage, done, total, label); label is None when the step covers several classes at once
@@ -117,7 +117,8 @@ class Pipeline:
         self.data, self.generator, self.detector = load_components(self.config, data, generator, detector)
         self.progress = progress or (lambda stage, done, total, label: None)
         self.cancel = cancel or (lambda: False)
-        self._center: np.ndarray | None = None
+        self._centres: dict[int, np.ndarray] | None = None
+        store.lock_for_writing()
 
     @classmethod
     def create(
@@ -149,26 +150,42 @@ class Pipeline:
     def check_class_sizes(self, labels: list[int]) -> None:
         _check_class_sizes(self.data, labels, self.config.ipc)
 
-    def feature_center(self) -> np.ndarray:
-        """Mean detector feature of a seeded per-class sample of real training images (cached)."""
-        if self._center is not None:
-            return self._center
-        _, _, feats = self.store.real_features()
-        if len(feats) == 0:
-            rng = np.random.default_rng(self.config.seed)
-            for label in range(self.data.num_classes):
-                idx = np.flatnonzero(self.data.train.labels == label)
-                idx = np.sort(rng.choice(idx, size=min(self.config.real_sample, len(idx)), replace=False))
-                f = self.detector.inspect(self.data.train.images[idx]).features
-                self.store.set_real_features(label, idx, f)
-            _, _, feats = self.store.real_features()
-        self._center = feats.mean(0)
-        return self._center
+    def centres(self) -> dict[int, np.ndarray]:
+        """Feature centres: each class's mean detector feature over a seeded sample of its real
+        training images, and ``GLOBAL_CENTRE``, the mean over all of them.
+
+        Computed once per run for every class and stored with the sampled features in one
+        transaction, so a resumed run (and the app) centres on exactly the same vectors.
+        """
+        if self._centres is None:
+            stored = self.store.centres()
+            if set(stored) != set(range(self.data.num_classes)) | {GLOBAL_CENTRE}:
+                rng = np.random.default_rng(self.config.seed)
+                features = {}
+                for label in range(self.data.num_classes):
+                    idx = np.flatnonzero(self.data.train.labels == label)
+                    idx = np.sort(rng.choice(idx, size=min(self.config.real_sample, len(idx)), replace=False))
+                    features[label] = (idx, self.detector.inspect(self.data.train.images[idx]).features)
+                stored = {label: f.mean(0) for label, (_, f) in features.items()}
+                stored[GLOBAL_CENTRE] = np.concatenate([f for _, f in features.values()]).mean(0)
+                self.store.set_real_features(features, stored)
+            self._centres = stored
+        return self._centres
+
+    def feature_center(self, label: int | None = None) -> np.ndarray:
+        """The centre that uniqueness uses for ``label`` under the run's ``uniqueness_centre``
+        (the global centre when ``label`` is None or the setting is "global")."""
+        centres = self.centres()
+        return centres[GLOBAL_CENTRE if label is None or self.config.uniqueness_centre == "global" else label]
 
     def normalized(self, rows) -> np.ndarray:
-        """Stored detector features of ``rows``, centred on the real mean and L2-normalised ([N, D])."""
-        feats = np.stack([from_blob(r["feature"]) for r in rows]) if rows else np.zeros((0, 1), np.float32)
-        return normalize_features(feats, self.feature_center()) if len(rows) else feats
+        """Stored detector features of ``rows``, each centred on its class's centre (``feature_center``)
+        and L2-normalised ([N, D])."""
+        if not rows:
+            return np.zeros((0, 1), np.float32)
+        feats = np.stack([from_blob(r["feature"]) for r in rows])
+        centres = np.stack([self.feature_center(r["label"]) for r in rows])
+        return normalize_features(feats - centres)
 
     def _check_cancel(self) -> None:
         if self.cancel():
@@ -208,10 +225,11 @@ class Pipeline:
             for label, w in weights.items():
                 seconds[label] += (time.time() - t0) * (w / total if total else 1 / len(weights))
 
-        for label in labels:
-            self.store.set_class_status(label, "running")
+        with self.store.transaction():
+            for label in labels:
+                self.store.set_class_status(label, "running")
         t0 = time.time()
-        self.feature_center()
+        self.centres()
         share(t0, dict.fromkeys(labels, 1))
         protos = {}
         for label in labels:
@@ -241,9 +259,9 @@ class Pipeline:
             t0 = time.time()
             self.select(label)
             seconds[label] += time.time() - t0
-        for label in labels:
-            prev = self.store.db.execute("SELECT wall_seconds FROM classes WHERE label=?", (label,)).fetchone()[0]
-            self.store.set_class_status(label, "done", (prev or 0.0) + seconds[label])
+        with self.store.transaction():
+            for label in labels:
+                self.store.set_class_status(label, "done", seconds[label])
 
     def _needs_round(self, anomaly_id: int, round_: int) -> bool:
         d = self.store.decision(anomaly_id)
@@ -339,8 +357,6 @@ class Pipeline:
         total = len(anomaly_ids) * k
         for lo in range(0, len(anomaly_ids), chunk):
             anomalies = [self.store.image(i) for i in anomaly_ids[lo : lo + chunk]]
-            for a in anomalies:
-                self.store.delete_round(a["id"], round_)
             init = torch.cat(
                 [self.store.prototype_latent(a["prototype_id"])[None].expand(k, *([-1] * 3)) for a in anomalies]
             )
@@ -353,8 +369,9 @@ class Pipeline:
             labels = [a["label"] for a in anomalies for _ in range(k)]
             images = self._generate("refinement", init, labels, seeds, base=lo * k, total=total)
             insp = self.detector.inspect(images)
-            with self.store.transaction():
+            with self.store.transaction():  # a round of an anomaly is replaced whole, or not at all
                 for n, a in enumerate(anomalies):
+                    self.store.delete_round(a["id"], round_)
                     for j in range(k):
                         i = n * k + j
                         self.store.add_image(

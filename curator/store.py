@@ -6,15 +6,26 @@ Layout::
     RUN/images/c<label>/*.png every synthetic image and candidate
     RUN/prototypes/*.npy      prototypes in the generator's init space (for exact regeneration)
 
-Each write is its own committed transaction, so a killed process loses nothing already written.
+Every write goes through ``RunStore.transaction`` and is committed before the call returns, so a
+killed process loses nothing already written. Images are written (to a temporary name, then
+renamed) before the row that names them is committed, so a committed row always has its file.
+One process at a time may write a run (``lock_for_writing``, an OS lock that dies with the process).
+
+Fault injection: with ``CURATOR_CRASH_AFTER_COMMITS=N`` in its environment, a process SIGKILLs
+itself right after its N-th commit (tests/test_crash.py kills a real run after every commit).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 import sqlite3
+import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +34,7 @@ import torch
 from PIL import Image
 
 from curator.config import RunConfig
+from curator.errors import StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,13 +60,27 @@ CREATE TABLE IF NOT EXISTS decision_log (
     id INTEGER PRIMARY KEY, anomaly_id INTEGER NOT NULL, before TEXT, after TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS real_features (
     id INTEGER PRIMARY KEY, label INTEGER NOT NULL, train_index INTEGER NOT NULL, feature BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS centres (label INTEGER PRIMARY KEY, feature BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS images_by_label ON images(label, kind);
 CREATE INDEX IF NOT EXISTS images_by_parent ON images(parent_id);
+CREATE UNIQUE INDEX IF NOT EXISTS one_synthetic_per_prototype ON images(prototype_id, position)
+    WHERE kind = 'synthetic';
 """
+GLOBAL_CENTRE = -1  # the ``centres`` row of the mean over all classes' real features
+
+_CRASH_AFTER = int(os.environ.get("CURATOR_CRASH_AFTER_COMMITS") or 0)
+_commits = 0
 
 
-class StoreError(RuntimeError):
-    """A run folder that is missing, not a run, or inconsistent; the message names the path."""
+def _after_commit() -> None:
+    """Fault injection for crash tests: SIGKILL this process right after its N-th commit."""
+    global _commits
+    if _CRASH_AFTER:
+        _commits += 1
+        if _commits >= _CRASH_AFTER:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 
 
 @dataclass
@@ -96,11 +122,23 @@ class RunStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path / "run.sqlite", timeout=30, check_same_thread=False, isolation_level=None)
+        self._lock_fd: int | None = None
+        db_file = self.path / "run.sqlite"
+        self.db = sqlite3.connect(db_file, timeout=30, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)
+        except sqlite3.IntegrityError as exc:
+            self.db.close()
+            raise StoreError(
+                f"run database {db_file} holds duplicate rows (two processes wrote it at once?): {exc}"
+            ) from exc
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise StoreError(f"cannot read the run database {db_file}: {exc}") from exc
 
     # --- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -111,7 +149,6 @@ class RunStore:
             raise StoreError(f"a run already exists at {path}")
         path.mkdir(parents=True, exist_ok=True)
         store = cls(path)
-        store.db.executescript(SCHEMA)
         with store.transaction():
             store._set_meta("id", run_id)
             store._set_meta("config", config.to_json())
@@ -126,14 +163,78 @@ class RunStore:
         if not (path / "run.sqlite").is_file():
             raise StoreError(f"no run at {path} (expected {path / 'run.sqlite'})")
         store = cls(path)
-        store.db.executescript(SCHEMA)
+        if store.meta("config") is None:
+            store.close()
+            raise StoreError(f"{path} is an incomplete run (killed while it was created); delete it and start again")
         return store
 
     def close(self) -> None:
         self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the writer lock
+            self._lock_fd = None
+
+    def lock_for_writing(self) -> None:
+        """Take this run's writer lock (``RUN/writer.lock``), held until ``close`` or process exit.
+
+        A second writer, in this process or another, gets a StoreError naming the holder. Readers
+        need no lock (SQLite WAL lets them read while one process writes).
+        """
+        if self._lock_fd is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no OS lock; the schema still refuses twins
+            return
+        fd = os.open(self.path / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 300).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(
+                f"run {self.run_id} is being written by {holder}; wait for it to finish or stop it, then resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv)[:200]})".encode())
+        self._lock_fd = fd
 
     def transaction(self):
-        return _Transaction(self.db)
+        return _Transaction(self.db, self.path)
+
+    def check(self) -> list[str]:
+        """What is wrong with this run (empty when consistent): SQLite's ``integrity_check``, then the
+        project's rules: one synthetic image per prototype, every file present, finished classes
+        complete (prototypes, synthesis, whole candidate rounds, a decision per anomaly), decisions
+        that point at their anomaly's candidates, real features and centres for every class."""
+        problems = [f"integrity_check: {r[0]}" for r in self.db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        cfg = self.config
+        for c in self.classes():
+            label, done = c["label"], c["status"] == "done"
+            protos, synth = self.prototypes(label), self.synthetic(label)
+            if len({r["prototype_id"] for r in synth}) != len(synth):
+                problems.append(f"class {label}: more than one synthetic image for a prototype")
+            if done and (len(protos) != cfg.ipc or len(synth) != len(protos)):
+                problems.append(f"class {label}: done with {len(protos)} prototypes and {len(synth)} synthetic images")
+            for a in self.anomalies(label):
+                cands = self.candidates(a["id"])
+                per_round = Counter(r["round"] for r in cands)
+                if done and any(n != cfg.k for n in per_round.values()):
+                    problems.append(f"anomaly {a['id']}: a candidate round is incomplete ({dict(per_round)})")
+                d = self.decision(a["id"])
+                if done and d is None:
+                    problems.append(f"anomaly {a['id']}: class {label} is done but the anomaly has no decision")
+                if d is not None and d.choice == "candidate" and d.candidate_id not in {r["id"] for r in cands}:
+                    problems.append(f"anomaly {a['id']}: decision names image {d.candidate_id}, not its candidate")
+        files = [r[0] for r in self.db.execute("SELECT file FROM images UNION ALL SELECT file FROM prototypes")]
+        files += [r[0] for r in self.db.execute("SELECT preview FROM prototypes")]
+        problems += [f"missing file {f}" for f in files if not (self.path / f).is_file()]
+        labels = {r[0] for r in self.db.execute("SELECT DISTINCT label FROM real_features")}
+        if labels and labels != set(range(len(self.class_names))):
+            problems.append(f"real features for classes {sorted(labels)} only")
+        if labels and set(self.centres()) != labels | {GLOBAL_CENTRE}:
+            problems.append("feature centres do not cover every class")
+        return problems
 
     # --- meta ----------------------------------------------------------------------------------
     def _set_meta(self, key: str, value: str) -> None:
@@ -147,7 +248,8 @@ class RunStore:
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
-        self._set_meta(key, value)
+        with self.transaction():
+            self._set_meta(key, value)
 
     @property
     def run_id(self) -> str:
@@ -166,10 +268,13 @@ class RunStore:
         return self.db.execute("SELECT status FROM classes WHERE label=?", (label,)).fetchone()[0]
 
     def set_class_status(self, label: int, status: str, wall_seconds: float | None = None) -> None:
-        self.db.execute(
-            "UPDATE classes SET status=?, wall_seconds=COALESCE(?, wall_seconds) WHERE label=?",
-            (status, wall_seconds, label),
-        )
+        """Set a class's status; ``wall_seconds`` is added to the time it already has."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE classes SET status=?, wall_seconds=CASE WHEN ? IS NULL THEN wall_seconds "
+                "ELSE COALESCE(wall_seconds, 0) + ? END WHERE label=?",
+                (status, wall_seconds, wall_seconds, label),
+            )
 
     def classes(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM classes ORDER BY label").fetchall()
@@ -179,15 +284,18 @@ class RunStore:
         file = f"prototypes/c{label}_p{idx:03d}.npy"
         png = f"prototypes/c{label}_p{idx:03d}.png"
         (self.path / "prototypes").mkdir(exist_ok=True)
-        np.save(self.path / file, latent.cpu().numpy())
-        save_png(preview, self.path / png)
-        self.db.execute(
-            "INSERT INTO prototypes(label, idx, file, preview, n_members) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(label, idx) DO UPDATE SET file=excluded.file, preview=excluded.preview, "
-            "n_members=excluded.n_members",
-            (label, idx, file, png, n_members),
-        )
-        return self.db.execute("SELECT id FROM prototypes WHERE label=? AND idx=?", (label, idx)).fetchone()[0]
+        with self.transaction():
+            tmp = self.path / (file + ".tmp.npy")
+            np.save(tmp, latent.cpu().numpy())
+            tmp.replace(self.path / file)
+            save_png(preview, self.path / png)
+            self.db.execute(
+                "INSERT INTO prototypes(label, idx, file, preview, n_members) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(label, idx) DO UPDATE SET file=excluded.file, preview=excluded.preview, "
+                "n_members=excluded.n_members",
+                (label, idx, file, png, n_members),
+            )
+            return self.db.execute("SELECT id FROM prototypes WHERE label=? AND idx=?", (label, idx)).fetchone()[0]
 
     def prototypes(self, label: int) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM prototypes WHERE label=? ORDER BY idx", (label,)).fetchall()
@@ -219,34 +327,36 @@ class RunStore:
     ) -> int:
         tag = "s" if kind == "synthetic" else f"a{parent_id}_r{round}"
         file = f"images/c{label}/p{prototype_id}_{tag}_{position:02d}.png"
-        save_png(image, self.path / file)
-        cur = self.db.execute(
-            "INSERT INTO images(label, prototype_id, kind, parent_id, round, position, seed, file, confidence, "
-            "predicted, reason, uniqueness, score, feature, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                label,
-                prototype_id,
-                kind,
-                parent_id,
-                round,
-                position,
-                int(seed),
-                file,
-                float(confidence),
-                int(predicted),
-                reason,
-                uniqueness,
-                score,
-                to_blob(feature),
-                time.time(),
-            ),
-        )
+        with self.transaction():
+            save_png(image, self.path / file)
+            cur = self.db.execute(
+                "INSERT INTO images(label, prototype_id, kind, parent_id, round, position, seed, file, confidence, "
+                "predicted, reason, uniqueness, score, feature, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    label,
+                    prototype_id,
+                    kind,
+                    parent_id,
+                    round,
+                    position,
+                    int(seed),
+                    file,
+                    float(confidence),
+                    int(predicted),
+                    reason,
+                    uniqueness,
+                    score,
+                    to_blob(feature),
+                    time.time(),
+                ),
+            )
         return int(cur.lastrowid)
 
     def update_scores(self, image_id: int, uniqueness: float, score: float) -> None:
-        self.db.execute(
-            "UPDATE images SET uniqueness=?, score=? WHERE id=?", (float(uniqueness), float(score), image_id)
-        )
+        with self.transaction():
+            self.db.execute(
+                "UPDATE images SET uniqueness=?, score=? WHERE id=?", (float(uniqueness), float(score), image_id)
+            )
 
     def image(self, image_id: int) -> sqlite3.Row:
         row = self.db.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
@@ -283,7 +393,8 @@ class RunStore:
 
     def delete_round(self, anomaly_id: int, round: int) -> None:
         """Drop a partly written round (a killed process), so it can be generated again whole."""
-        self.db.execute("DELETE FROM images WHERE parent_id=? AND round=?", (anomaly_id, round))
+        with self.transaction():
+            self.db.execute("DELETE FROM images WHERE parent_id=? AND round=?", (anomaly_id, round))
 
     def load_image(self, row: sqlite3.Row) -> torch.Tensor:
         return load_png(self.path / row["file"])
@@ -324,13 +435,25 @@ class RunStore:
             return d
 
     # --- real features (feature centre, UMAP) --------------------------------------------------
-    def set_real_features(self, label: int, indices: np.ndarray, features: np.ndarray) -> None:
+    def set_real_features(
+        self, features: dict[int, tuple[np.ndarray, np.ndarray]], centres: dict[int, np.ndarray]
+    ) -> None:
+        """Replace every class's real-image features ({label: (train indices, features)}) and the
+        feature centres ({label or GLOBAL_CENTRE: centre}) in one transaction: all or nothing."""
         with self.transaction():
-            self.db.execute("DELETE FROM real_features WHERE label=?", (label,))
+            self.db.execute("DELETE FROM real_features")
+            self.db.execute("DELETE FROM centres")
             self.db.executemany(
                 "INSERT INTO real_features(label, train_index, feature) VALUES (?,?,?)",
-                [(label, int(i), to_blob(f)) for i, f in zip(indices, features)],
+                [(label, int(i), to_blob(f)) for label, (idx, feats) in features.items() for i, f in zip(idx, feats)],
             )
+            self.db.executemany(
+                "INSERT INTO centres(label, feature) VALUES (?,?)", [(k, to_blob(c)) for k, c in centres.items()]
+            )
+
+    def centres(self) -> dict[int, np.ndarray]:
+        """The stored feature centres: {label: centre} plus ``GLOBAL_CENTRE`` (empty before the first run)."""
+        return {r[0]: from_blob(r[1]) for r in self.db.execute("SELECT label, feature FROM centres").fetchall()}
 
     def real_features(self, label: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         q, args = "SELECT label, train_index, feature FROM real_features", ()
@@ -346,11 +469,22 @@ class RunStore:
         )
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error); nested uses join the outer one."""
+def _disk_full(exc: BaseException | None) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
-    def __init__(self, db: sqlite3.Connection):
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error); nested uses join the outer one.
+
+    A full disk inside the outermost transaction rolls it back and becomes a StoreError: the run
+    stays as it was at its last commit, ready to resume once there is space.
+    """
+
+    def __init__(self, db: sqlite3.Connection, path: Path):
         self.db = db
+        self.path = path
         self.outer = False
 
     def __enter__(self):
@@ -362,4 +496,11 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb):
         if self.outer:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if not exc_type:
+                _after_commit()
+            elif _disk_full(exc):
+                raise StoreError(
+                    f"disk full while writing run {self.path.name} ({exc}); nothing after its last commit was kept: "
+                    f"free some space, then resume it (python -m curator run --resume {self.path})"
+                ) from exc
         return False

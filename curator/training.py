@@ -16,20 +16,32 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from curator.config import ConfigError
 from curator.data import Dataset
+from curator.errors import DataError, ModelFileError
 from curator.generator import PixelDiffusion, build_scheduler, build_unet
 
 STATE_FILE = "train_state.pt"
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` takes CUDA when present; ``cuda`` without a GPU is an error that says so."""
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` takes CUDA when present; ``cuda`` without a GPU is a ConfigError that says so."""
+    device = str(device).strip()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"parameter device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"CUDA was asked for (--device {device}) but no CUDA GPU is available; use --device cpu or auto"
+            )
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"CUDA device {index} was asked for (--device {device}) but this machine has "
+                f"{torch.cuda.device_count()} CUDA GPU(s); use --device cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+            )
     return torch.device(device)
 
 
@@ -37,6 +49,17 @@ def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _load_state(path: Path) -> dict:
+    """The training state in ``path``; ModelFileError naming it when it is truncated or not one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle/zip errors, EOFError, RuntimeError: all mean a damaged file
+        raise ModelFileError(f"cannot read the training state {path} (delete it to start afresh): {exc}") from exc
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path} is not a training state of the curator (delete it to start afresh)")
+    return state
 
 
 def _rng_state() -> dict:
@@ -74,9 +97,9 @@ def train_generator(
     """
     from diffusers.training_utils import EMAModel
 
+    dev = pick_device(device)  # before anything is written: a bad device leaves no folder behind
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
     torch.manual_seed(seed)
     images = (data.train.images * 2 - 1).float()
     labels = torch.from_numpy(data.train.labels)
@@ -92,10 +115,15 @@ def train_generator(
     step, losses, elapsed = 0, [], 0.0
     state_path = out / STATE_FILE
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = _load_state(state_path)
         if state["class_names"] != data.class_names:
-            raise ValueError(f"{state_path} was trained on classes {state['class_names']}, not {data.class_names}")
-        unet.load_state_dict(state["unet"])
+            raise DataError(f"{state_path} was trained on classes {state['class_names']}, not {data.class_names}")
+        try:
+            unet.load_state_dict(state["unet"])
+        except (KeyError, RuntimeError) as exc:  # another image size or channel count
+            raise DataError(
+                f"{state_path} holds the training state of another model or image size (delete it to start afresh)"
+            ) from exc
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step, losses, elapsed = state["step"], state["losses"], state.get("elapsed", 0.0)
@@ -207,13 +235,13 @@ def train_detector(
     """
     from curator.detector import Detector
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
+    dev = pick_device(device)  # device and model are checked before anything is written
     torch.manual_seed(seed)
     det = Detector.create(
         arch, data.class_names, input_size or data.size, data.channels, model_kwargs, pretrained, pretrained_file, dev
     )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     model = det.model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     steps_per_epoch = max(1, len(data.train) // batch_size)
@@ -221,8 +249,13 @@ def train_detector(
     start_epoch, elapsed = 0, 0.0
     state_path = out / STATE_FILE
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        state = _load_state(state_path)
+        try:
+            model.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as exc:  # another architecture, class count or channel count
+            raise DataError(
+                f"{state_path} holds the training state of another model or dataset (delete it to start afresh)"
+            ) from exc
         opt.load_state_dict(state["opt"])
         start_epoch, elapsed = state["epoch"], state.get("elapsed", 0.0)
         if state.get("epochs") == epochs:

@@ -157,7 +157,7 @@ def _run_and_export(tmp_path, config: RunConfig):
     assert all(s.status == "done" for s in summaries)
     assert sum(s.anomalies for s in summaries) == 2 * config.ipc  # tau = 1: every image is refined
     out = export_run(pipe.store, tmp_path / "export")
-    meta = pd.read_csv(out / "metadata.csv")
+    meta = pd.read_parquet(out / "metadata.parquet")
     for name in meta["file_name"]:
         assert load_png(out / name).shape == (3, pipe.generator.resolution, pipe.generator.resolution)
     return pipe, meta

@@ -50,8 +50,9 @@ def test_end_to_end_run_on_two_classes_then_export(tmp_path):
     run_dir = next((tmp_path / "runs").iterdir())
     res = curator("export", str(run_dir), "--out", str(tmp_path / "export"), "--zip")
     assert res.returncode == 0, res.stderr
-    meta = pd.read_csv(tmp_path / "export" / "metadata.csv")
-    assert set(meta.class_name.astype(str)) <= {"0", "1"} and len(meta) >= 1
+    meta = pd.read_parquet(tmp_path / "export" / "metadata.parquet")  # typed: class names stay strings
+    assert set(meta.class_name) <= {"0", "1"} and len(meta) >= 1
+    assert len(pd.read_csv(tmp_path / "export" / "provenance.csv")) == len(meta)
     assert (tmp_path / "export.zip").is_file()
 
 

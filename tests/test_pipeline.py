@@ -110,6 +110,7 @@ def test_resume_after_cancel_mid_class_keeps_finished_work(tmp_path, mnist, tiny
     with pytest.raises(Cancelled):
         pipe.run_class(1)
     assert pipe.store.class_status(1) == "running"
+    pipe.store.close()  # the cancelled job lets go of the run (and its writer lock)
     resumed = Pipeline(RunStore.open(pipe.store.path), data=mnist, generator=tiny_generator, detector=tiny_detector)
     summaries = resumed.run()
     assert [s.status for s in summaries] == ["done", "done"]

@@ -57,7 +57,7 @@ def load_class_map(spec: Mapping[str, int] | str | None) -> dict[str, int]:
             raise ConfigError(f"class map file {path} does not exist (expected JSON: {{class name: ImageNet id}})")
         try:
             raw = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError, a folder
             raise ConfigError(f"class map file {path} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"class map file {path} must hold a JSON object {{class name: ImageNet id}}")
@@ -145,7 +145,7 @@ class DiTGenerator:
         device = torch.device(device)
         try:
             pipe = DiTPipeline.from_pretrained(folder, torch_dtype=resolve_dtype(dtype, device), local_files_only=True)
-        except (OSError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
+        except Exception as exc:  # also a truncated weights file (safetensors' SafetensorError) or bad JSON
             raise ModelFileError(f"cannot load a DiT pipeline from {folder}: {exc}") from exc
         return cls(pipe, device, class_names, class_map=class_map, source=str(path))
 

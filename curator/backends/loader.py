@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from curator.backends.common import resolve_model_dir
-from curator.generator import Generator, ModelFileError, PixelDiffusion
+from curator.errors import ModelFileError
+from curator.generator import Generator, PixelDiffusion
 
 PIXEL, STABLE_DIFFUSION, DIT = "pixel", "stable-diffusion", "dit"
 
@@ -28,7 +29,7 @@ def detect_backend(folder: str | Path) -> str:
     if index.is_file():
         try:
             name = str(json.loads(index.read_text()).get("_class_name", ""))
-        except (json.JSONDecodeError, AttributeError) as exc:
+        except (OSError, ValueError, AttributeError) as exc:  # JSONDecodeError, UnicodeDecodeError, not an object
             raise ModelFileError(f"{index} is not a valid diffusers model index: {exc}") from exc
         from curator.backends.stable_diffusion import PIPELINE_CLASSES
 

@@ -102,7 +102,7 @@ class StableDiffusionGenerator:
                 requires_safety_checker=False,
                 local_files_only=True,
             )
-        except (OSError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
+        except Exception as exc:  # also a truncated weights file (safetensors' SafetensorError) or bad JSON
             raise ModelFileError(f"cannot load a Stable Diffusion pipeline from {folder}: {exc}") from exc
         return cls(
             pipe,
