@@ -244,7 +244,7 @@ class Pipeline:
                 a for label in labels for a in self.store.anomalies(label) if self._needs_round(a["id"], round_)
             ]
             if not open_rows:
-                break
+                continue  # a resumed run may have this round stored and still need the next
             t0 = time.time()
             self.generate_candidates([a["id"] for a in open_rows], round_)
             share(t0, Counter([a["label"] for a in open_rows]))
@@ -264,13 +264,17 @@ class Pipeline:
                 self.store.set_class_status(label, "done", seconds[label])
 
     def _needs_round(self, anomaly_id: int, round_: int) -> bool:
+        """Whether the anomaly still needs candidate round ``round_``: it has no decision (or an
+        unresolved one), no label-consistent candidate from an earlier round, and not all of
+        this round's K candidates."""
         d = self.store.decision(anomaly_id)
         if d is not None and d.choice != "unresolved":
             return False
-        return (
-            self.store.last_round(anomaly_id) < round_
-            or len([c for c in self.store.candidates(anomaly_id) if c["round"] == round_]) < self.config.k
-        )
+        label = self.store.image(anomaly_id)["label"]
+        cands = self.store.candidates(anomaly_id)
+        if any(c["predicted"] == label and c["round"] < round_ for c in cands):
+            return False  # selection can pick one (it may not have run yet in a resumed run)
+        return len([c for c in cands if c["round"] == round_]) < self.config.k
 
     def ensure_prototypes(self, label: int) -> list:
         rows = self.store.prototypes(label)
