@@ -37,7 +37,8 @@ import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,24 +90,46 @@ def nearest_real(pipe: Pipeline) -> Labelled:
     return Labelled(torch.cat(images), np.asarray(labels, dtype=np.int64))
 
 
-def reselect(pipe: Pipeline, label: int, lam: float) -> list:
+def reselect(pipe: Pipeline, label: int, lam: float, centre: str | None = None) -> list:
     """Rows of the class's set had automatic selection used ``lam``: passed originals plus the greedy
     pick of each anomaly (unresolved left out), from the stored candidates. Person's decisions are
-    ignored: this is the automatic pipeline's set."""
+    ignored: this is the automatic pipeline's set. ``centre`` ("class" or "global") overrides the
+    run's ``uniqueness_centre``."""
+    passed, anomalies, cands, sels = reselect_detail(pipe, label, lam, centre)
+    return passed + [c[s.pick] for c, s in zip(cands, sels) if s.pick is not None]
+
+
+@contextmanager
+def centred_on(pipe: Pipeline, centre: str | None):
+    """Within the block, ``pipe.normalized`` centres on ``centre`` ("class" or "global"; None: the
+    run's own setting). Only the in-memory config changes; the run store is untouched."""
+    saved = pipe.config
+    if centre is not None:
+        pipe.config = replace(saved, uniqueness_centre=centre)
+    try:
+        yield pipe
+    finally:
+        pipe.config = saved
+
+
+def reselect_detail(pipe: Pipeline, label: int, lam: float, centre: str | None = None) -> tuple:
+    """``reselect``'s parts: (passed originals, anomalies with candidates, their candidates, the
+    ``Selection`` of each anomaly: pick and every candidate's scores)."""
     store = pipe.store
     passed = [r for r in store.synthetic(label) if r["reason"] is None]
     anomalies = [a for a in store.anomalies(label) if store.candidates(a["id"])]
     cands = [store.candidates(a["id"]) for a in anomalies]
-    sels = select_greedy(
-        [label] * len(anomalies),
-        [np.array([r["confidence"] for r in c]) for c in cands],
-        [np.array([r["predicted"] for r in c]) for c in cands],
-        [pipe.normalized(c) for c in cands],
-        {label: pipe.normalized(passed)},
-        lam,
-        tau=pipe.config.tau,
-    )
-    return passed + [c[s.pick] for c, s in zip(cands, sels) if s.pick is not None]
+    with centred_on(pipe, centre):
+        sels = select_greedy(
+            [label] * len(anomalies),
+            [np.array([r["confidence"] for r in c]) for c in cands],
+            [np.array([r["predicted"] for r in c]) for c in cands],
+            [pipe.normalized(c) for c in cands],
+            {label: pipe.normalized(passed)},
+            lam,
+            tau=pipe.config.tau,
+        )
+    return passed, anomalies, cands, sels
 
 
 def _rows_to_set(store: RunStore, rows_by_label: dict[int, list]) -> Labelled:

@@ -47,7 +47,9 @@ class RunConfig:
     test_fraction: float = 0.2  # ImageFolder without train/test folders
     real_sample: int = 50  # real images per class kept for the feature centres and UMAP
     # Uniqueness compares detector features centred on the mean real feature of the image's own
-    # class ("class") or of all classes ("global"); see scoring.py and benchmarks/DEFAULTS.md.
+    # class ("class") or of all classes ("global"; kept as the default by measurement: the class
+    # centre wins on the early-generator testbed but loses 1.8 points of student top-1 with the
+    # shipped generator; benchmarks/UNIQUENESS.md and DEFAULTS.md).
     uniqueness_centre: str = "global"
     # Large-model backends (curator/backends): ignored by the built-in pixel model.
     prompt_template: str = "{name}"  # Stable Diffusion prompt per class; {name} = readable class name

@@ -7,9 +7,16 @@ Every score is in [0, 1] with a stated direction (higher is better for all three
   features of its class's already qualified images (1 when none qualify yet, 0 for a duplicate);
 * ``score``: ``confidence + lambda * uniqueness`` (in [0, 1 + lambda]), used to rank candidates.
 
-Features are centred on the mean feature of real training images before L2-normalisation:
-raw post-ReLU features are all positive, so their cosines all sit near 1 and uniqueness would
-barely vary (measured 0.025..0.04 on mnist5k); centred, it spans most of [0, 1].
+Features are centred before L2-normalisation (``normalize_features``): raw post-ReLU features are
+all positive, so their cosines all sit near 1 and uniqueness would barely vary (measured
+0.025..0.04 on mnist5k). The run's ``uniqueness_centre`` says on what (``Pipeline.normalized``
+centres each row): "class", the mean real feature of the image's own class, or "global", the mean
+over all classes. Candidates are only ever compared with images of their own class, and those all
+point roughly the same way from the global mean (the class's own offset), so global centring still
+squeezes uniqueness near 0 (median 0.033 over the candidates of a default run); centred on its
+class's mean, an image's direction is how it differs from its class, and uniqueness spreads over
+[0, 1] (median 0.46 there). Which selects the better set was measured, not assumed: the default
+stays "global" (benchmarks/UNIQUENESS.md, and the reasoning in benchmarks/DEFAULTS.md).
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ def anomaly_reasons(probs: np.ndarray, labels: np.ndarray, tau: float) -> list[s
 
 
 def normalize_features(features: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
-    """Subtract ``center`` (the real-data mean feature) and scale each row to unit L2 norm."""
+    """Subtract ``center`` (a mean real feature: the class's or the global one, one vector for all
+    rows; callers that mix classes subtract each row's centre first) and scale each row to unit L2 norm."""
     f = np.asarray(features, dtype=np.float32)
     if center is not None:
         f = f - np.asarray(center, dtype=np.float32)

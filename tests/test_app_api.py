@@ -1,8 +1,9 @@
 """The app over HTTP: launched on 127.0.0.1, driven with gradio_client like any API user.
 
 A tiny run (2 classes, IPC 3, K 4, 2 steps, tiny random models from folders): start it, run a
-class, read an anomaly and its candidates, override the automatic pick, export, and check that
-metadata.csv records the override as a user decision. Bad input must come back as a message.
+class, read an anomaly and its candidates, override the automatic pick, export, and check that the
+export's metadata (provenance.csv) records the override as a user decision. Bad input must come
+back as a message.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def test_tiny_run_override_and_export_over_http(app):
     msg, download, preview = client.predict(api_name="/export")
     assert msg.startswith("✔ exported") and download["visible"] is True
     with zipfile.ZipFile(download["value"]) as zf:  # the client has downloaded the zip
-        meta = pd.read_csv(zf.open("metadata.csv"))
+        meta = pd.read_csv(zf.open("provenance.csv"))
     row = meta[meta["file_name"].str.endswith(f"_{other:06d}.png")]
     assert len(row) == 1 and row["decision"].iloc[0] == "user" and row["source"].iloc[0] == "refined"
     assert (meta["decision"] == "user").sum() == 1 and len(frame(preview)) == len(meta)

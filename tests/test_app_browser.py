@@ -159,7 +159,7 @@ def test_run_select_override_and_export_in_a_browser(browser, app, tmp_path):
         info.value.save_as(zip_path)
         shot(page, "05-exported")
         with zipfile.ZipFile(zip_path) as zf:
-            meta = pd.read_csv(zf.open("metadata.csv"))
+            meta = pd.read_csv(zf.open("provenance.csv"))
         user = meta[meta["decision"] == "user"]
         assert len(user) == 1 and user["file_name"].iloc[0].endswith(f"_{cid:06d}.png")
     except Exception:

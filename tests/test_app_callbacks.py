@@ -312,7 +312,8 @@ def test_export_offers_a_zip_with_metadata_recording_the_override(cb, assets):
     msg, button, preview = cb.export(state)
     assert msg.startswith("✔ exported") and button["visible"] is True
     with zipfile.ZipFile(button["value"]) as zf:
-        meta = pd.read_csv(zf.open("metadata.csv"))
+        meta = pd.read_csv(zf.open("provenance.csv"))
+        assert "metadata.parquet" in zf.namelist()
         assert set(meta["file_name"]) <= set(zf.namelist())
     assert len(preview) == len(meta) and (meta["decision"] == "user").sum() == 1
     assert meta.loc[meta["decision"] == "user", "source"].iloc[0] == "original"

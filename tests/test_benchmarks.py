@@ -1,4 +1,4 @@
-"""The --quick modes of benchmarks/quality.py and benchmarks/speed.py, with tiny random models."""
+"""The --quick modes of the benchmarks (quality, refinement_gap, uniqueness, speed), with tiny random models."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import DIGITS, make_tiny_detector, make_tiny_generator
 
-from benchmarks import quality, refinement_gap, speed
+from benchmarks import quality, refinement_gap, speed, uniqueness
 from curator.pipeline import Pipeline, final_set
 from curator.store import RunStore
 
@@ -114,6 +114,40 @@ def test_refinement_gap_quick_trains_each_variant_set_and_reports_the_gain(quick
     assert refinement_gap.main(argv) == 0  # resumed: nothing left to train
     with (work / "quick" / "gap.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 3
+
+
+def test_uniqueness_quick_one_row_per_selection_and_one_student_per_distinct_set(quick_quality, mnist):
+    argv, work = quick_quality  # the same tiny models and work folder: the quality run is reused
+    assert uniqueness.main(argv) == 0
+    with (work / "quick" / "uniqueness.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["selection"] for r in rows) == sorted(uniqueness.SELECTIONS)
+    assert all(r["ipc"] == "1" and r["seed"] == "0" for r in rows)
+    by = {r["selection"]: r for r in rows}
+    # identical sets share one student: as many trained rows as distinct sets, the rest copy top-1
+    trained = [r for r in rows if not r["shared_with"]]
+    assert len(trained) == len({r["set_hash"] for r in rows})
+    for r in rows:
+        assert r["top1"] == next(t["top1"] for t in trained if t["set_hash"] == r["set_hash"])
+    assert by["global"]["picks_differ"] == "0" and by["unrefined"]["uniq_median"] == ""
+    assert int(by["unrefined"]["anomalies"]) > 0  # the tiny random detector flags anomalies
+    # each row's set is the re-selection on the stored candidates with its centre and lambda
+    pipe = Pipeline(RunStore.open(_run(argv)), data=mnist)
+    for name in ("global", "class", "lam1"):
+        centre, lam = uniqueness.SELECTIONS[name]
+        ids = [r for c in range(10) for r in quality.reselect(pipe, c, lam, centre)]
+        assert by[name]["set_hash"] == uniqueness.set_hash(ids)
+        assert int(by[name]["n_images"]) == len(ids)
+    with quality.centred_on(pipe, "class"):
+        assert pipe.config.uniqueness_centre == "class"
+    assert pipe.config.uniqueness_centre == pipe.store.config.uniqueness_centre  # restored
+    pipe.store.close()
+    report = (work / "quick" / "UNIQUENESS.md").read_text()
+    assert "Quick mode" in report and "python -m benchmarks.uniqueness --quick" in report
+    assert sum(line.startswith("| gen | 1 |") for line in report.splitlines()) == len(uniqueness.SELECTIONS)
+    assert uniqueness.main(argv) == 0  # resumed: nothing left to train
+    with (work / "quick" / "uniqueness.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
 
 
 def test_random_real_draws_ipc_per_class_and_a_new_subset_per_seed(mnist):

@@ -101,3 +101,59 @@ def test_candidates_that_pass_tau_are_preferred_then_consistent_ones_are_the_fal
     # when no candidate passes tau, the best label-consistent one is still picked
     assert score_candidates(conf, pred, feats, 3, qualified, lam=1.0, tau=0.999).pick == 1
     assert select_greedy([3], [conf], [pred], [feats], {3: qualified}, 1.0, tau=0.99)[0].pick == 0
+
+
+# --- which centre: the class's own mean real feature, or all classes' mean -----------------------
+# Two classes far apart along x; within class 0 the images differ only along y. Real features:
+#   class 0: (20, 2), (20, -2)  -> class mean c0 = (20, 0)
+#   class 1: ( 0, 3), ( 0, -3)  -> class mean c1 = ( 0, 0)
+#   all four                    -> global mean g  = (10, 0)
+REAL = {0: np.array([[20.0, 2.0], [20.0, -2.0]]), 1: np.array([[0.0, 3.0], [0.0, -3.0]])}
+C0 = REAL[0].mean(0)
+G = np.concatenate(list(REAL.values())).mean(0)
+A, B = np.array([[20.0, 1.0]]), np.array([[20.0, -1.0]])  # two class-0 images, 2 apart along y
+
+
+def test_class_and_global_centres_hand_computed():
+    np.testing.assert_array_equal(C0, [20.0, 0.0])
+    np.testing.assert_array_equal(G, [10.0, 0.0])
+
+
+def test_global_centre_leaves_two_images_of_one_class_at_uniqueness_near_zero():
+    # A - g = (10, 1), B - g = (10, -1): cos = (100 - 1) / (sqrt(101) * sqrt(101)) = 99/101 = 0.98020,
+    # so uniqueness = 1 - 99/101 = 2/101 = 0.0198: the class's shared direction (+x) dominates.
+    u = uniqueness(normalize_features(B, G), normalize_features(A, G))
+    np.testing.assert_allclose(u, [2 / 101], atol=1e-6)
+    assert u[0] < 0.02
+
+
+def test_class_centre_separates_them():
+    # A - c0 = (0, 1), B - c0 = (0, -1): cos = -1, uniqueness = 1 - max(0, -1) = 1.
+    u = uniqueness(normalize_features(B, C0), normalize_features(A, C0))
+    np.testing.assert_allclose(u, [1.0], atol=1e-6)
+    # A true duplicate stays a duplicate under either centre: A against A is 0.
+    for centre in (G, C0):
+        np.testing.assert_allclose(uniqueness(normalize_features(A, centre), normalize_features(A, centre)), [0.0],
+                                   atol=1e-6)  # fmt: skip
+
+
+def test_class_centre_lets_lambda_prefer_the_different_candidate_over_a_duplicate():
+    # Qualified: A. Candidates: a copy of A (confidence 0.99) and B (confidence 0.97); lambda 0.5.
+    # Global centre: scores 0.99 + 0.5 * 0 = 0.99 and 0.97 + 0.5 * 2/101 = 0.9799 -> the copy wins.
+    # Class centre:  scores 0.99 + 0.5 * 0 = 0.99 and 0.97 + 0.5 * 1     = 1.47   -> B wins.
+    cands = np.concatenate([A, B])
+    conf, pred = np.array([0.99, 0.97]), np.array([0, 0])
+    glob = score_candidates(conf, pred, normalize_features(cands, G), 0, normalize_features(A, G), lam=0.5)
+    cls = score_candidates(conf, pred, normalize_features(cands, C0), 0, normalize_features(A, C0), lam=0.5)
+    np.testing.assert_allclose(glob.score, [0.99, 0.97 + 0.5 * 2 / 101], atol=1e-6)
+    np.testing.assert_allclose(cls.score, [0.99, 1.47], atol=1e-6)
+    assert glob.pick == 0 and cls.pick == 1
+
+
+def test_each_row_is_centred_on_its_own_class():
+    # Rows of two classes centred row by row (what Pipeline.normalized does with the class centre):
+    # (20, 1) - c0 = (0, 1) -> (0, 1); (0, -3) - c1 = (0, -3) -> (0, -1).
+    labels = np.array([0, 1])
+    centres = np.stack([REAL[c].mean(0) for c in labels])
+    f = normalize_features(np.array([[20.0, 1.0], [0.0, -3.0]]) - centres)
+    np.testing.assert_allclose(f, [[0.0, 1.0], [0.0, -1.0]], atol=1e-6)

@@ -25,10 +25,10 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
+from curator.config import ASSETS, DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.embedding import run_embedding
 from curator.errors import USER_ERRORS
-from curator.export import export_run
+from curator.export import export_run, unfinished_classes
 from curator.pipeline import Cancelled, Pipeline, Progress, user_decide
 from curator.store import Decision, RunStore
 from curator.ui import jobs, resources
@@ -49,7 +49,11 @@ from curator.ui.views import (
 log = logging.getLogger("curator.ui")
 
 DATA_SOURCES = ["built-in (mnist5k)", "folder on the server", "uploaded zip"]
-MODEL_SOURCES = ["shipped models", "model folders"]
+# the third: the shipped detector with a deliberately early generator checkpoint, a testbed where
+# refinement has work to do (assets/generator-early/README.md); never for real distillation
+MODEL_SOURCES = ["shipped models", "model folders", "shipped detector, early generator (testbed)"]
+EARLY_GENERATOR = str(ASSETS / "generator-early")
+CENTRES = ["class", "global"]  # RunConfig.uniqueness_centre
 PANEL_SIZE = 10  # message + class gallery, anomaly table, anomaly id, anomaly text, original, prototype,
 # candidate gallery, candidate table, candidate id
 RUN_SIZE = 6  # message + state, browser state, runs dropdown, class dropdown, run info
@@ -159,8 +163,9 @@ class Callbacks:
         cfg = store.config
         return (
             f"**Run** `{store.run_id}` · data `{cfg.data}` · {len(store.class_names)} classes · IPC {cfg.ipc} · "
-            f"K {cfg.k} · tau {cfg.tau} · lambda {cfg.lam} · steps {cfg.steps} · strength {cfg.strength} · "
-            f"guidance {cfg.guidance} · seed {cfg.seed}  \nfolder `{store.path}`"
+            f"K {cfg.k} · tau {cfg.tau} · lambda {cfg.lam} ({cfg.uniqueness_centre} centre) · steps {cfg.steps} · "
+            f"strength {cfg.strength} · guidance {cfg.guidance} · seed {cfg.seed}  \n"
+            f"generator `{cfg.generator}` · folder `{store.path}`"
         )
 
     def _run_outputs(self, store: RunStore, message: str, label: int | None = None) -> tuple:
@@ -243,6 +248,8 @@ class Callbacks:
     def _model_paths(self, source: str, gen: str | None, det: str | None) -> tuple[str, str]:
         if source == MODEL_SOURCES[0]:
             return DEFAULT_GENERATOR, DEFAULT_DETECTOR
+        if source == MODEL_SOURCES[2]:
+            return EARLY_GENERATOR, DEFAULT_DETECTOR
         if source != MODEL_SOURCES[1]:
             raise UIError(f"unknown model source {source!r}; choose one of {MODEL_SOURCES}")
         gen, det = (gen or "").strip(), (det or "").strip()
@@ -270,8 +277,11 @@ class Callbacks:
         guidance,
         seed,
         state: dict | None = None,
+        uniqueness_centre: str | None = None,
     ) -> tuple:
-        """Check data, models and parameters, then create a run folder; it becomes this session's run."""
+        """Check data, models and parameters, then create a run folder; it becomes this session's run.
+        ``uniqueness_centre`` ("class" or "global") comes last so that older callers keep working;
+        None = the RunConfig default."""
         generator, detector = self._model_paths(model_source, gen_path, det_path)
         config = RunConfig(
             data="mnist5k",
@@ -285,6 +295,7 @@ class Callbacks:
             strength=_float(strength, "strength"),
             guidance=_float(guidance, "guidance"),
             seed=_int(seed, "seed"),
+            uniqueness_centre=uniqueness_centre or RunConfig.uniqueness_centre,
         ).validate()
         config.data = self._dataset_spec(data_source, folder, upload)
         data, gen, det = resources.components(config)
@@ -517,14 +528,16 @@ class Callbacks:
         with self._store(state) as store:
             out = self.settings.exports_dir / store.run_id / f"{store.run_id}-export"
             out.parent.mkdir(parents=True, exist_ok=True)
-            zip_path = export_run(store, out, make_zip=True)
+            missing = unfinished_classes(store)  # the app exports what is finished and says what is not
+            zip_path = export_run(store, out, make_zip=True, partial=True)
             preview = metadata_preview(out)
-            n = len(pd.read_csv(out / "metadata.csv"))
+            n = len(pd.read_csv(out / "provenance.csv"))
+            note = f" (partial: unfinished classes {', '.join(missing)} left out)" if missing else ""
             return (
-                ok(f"exported {n} images to {out} and {zip_path.name}"),
+                ok(f"exported {n} images to {out} and {zip_path.name}{note}"),
                 gr.update(value=str(zip_path), visible=True, label=f"Download {zip_path.name}"),
                 preview,
             )
 
 
-__all__ = ["Callbacks", "DATA_SOURCES", "MODEL_SOURCES", "OVERVIEW_COLUMNS", "PANEL_SIZE"]
+__all__ = ["CENTRES", "Callbacks", "DATA_SOURCES", "EARLY_GENERATOR", "MODEL_SOURCES", "OVERVIEW_COLUMNS", "PANEL_SIZE"]

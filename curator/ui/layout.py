@@ -11,7 +11,7 @@ import gradio as gr
 
 from curator.config import RunConfig
 from curator.ui import resources
-from curator.ui.callbacks import DATA_SOURCES, MODEL_SOURCES, RUN_SIZE, Callbacks
+from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, RUN_SIZE, Callbacks
 from curator.ui.plots import COLOR_BY
 from curator.ui.resources import AppSettings
 from curator.ui.views import OVERVIEW_COLUMNS, OVERVIEW_FILTERS
@@ -76,7 +76,11 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         folder = gr.Textbox(label="ImageFolder path on the server", placeholder="/data/my_images")
                         upload = gr.File(label="…or a zip of an ImageFolder", file_types=[".zip"], type="filepath")
                     with gr.Column():
-                        model_source = gr.Radio(MODEL_SOURCES, value=MODEL_SOURCES[0], label="Models")
+                        model_source = gr.Radio(
+                            MODEL_SOURCES, value=MODEL_SOURCES[0], label="Models",
+                            info="The early generator is a 100-step checkpoint where refinement has work to do "
+                            "(a testbed; assets/generator-early/README.md), not for real distillation.",
+                        )  # fmt: skip
                         gen_path = gr.Textbox(label="Generator folder", placeholder=d.generator)
                         det_path = gr.Textbox(label="Detector folder", placeholder=d.detector)
                 with gr.Row():
@@ -84,6 +88,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     k = gr.Number(d.k, label="K (candidates per anomaly)", precision=0, minimum=1)
                     tau = gr.Slider(0, 1, d.tau, step=0.01, label="tau (confidence threshold)")
                     lam = gr.Slider(0, 2, d.lam, step=0.05, label="lambda (uniqueness weight)")
+                    centre = gr.Radio(
+                        CENTRES, value=d.uniqueness_centre, label="uniqueness centre",
+                        info="features centred on the class's own mean real feature, or on all classes' mean",
+                    )  # fmt: skip
                 with gr.Row():
                     steps = gr.Number(d.steps, label="DDIM steps", precision=0, minimum=1)
                     strength = gr.Slider(0.05, 1, d.strength, step=0.05, label="strength (SDEdit noise)")
@@ -162,7 +170,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             with gr.Tab("Export", id="export"):
                 export_btn = gr.Button("Export curated set", variant="primary", elem_id="export-btn")
                 download = gr.DownloadButton("Download zip", visible=False, elem_id="download-btn")
-                preview = gr.Dataframe(label="metadata.csv (first 50 rows)", interactive=False)
+                preview = gr.Dataframe(label="provenance.csv (first 50 rows)", interactive=False)
 
         run_outputs = [status, state, saved_run, runs, label, run_info]
         assert len(run_outputs) == RUN_SIZE
@@ -180,7 +188,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         ]
 
         setup_inputs = [data_source, folder, upload, model_source, gen_path, det_path]
-        setup_inputs += [ipc, k, tau, lam, steps, strength, guidance, seed, state]
+        setup_inputs += [ipc, k, tau, lam, steps, strength, guidance, seed, state, centre]
         start_btn.click(cb.start_run, setup_inputs, run_outputs, api_name="start_run").then(
             cb.show_class, [state, label], panel, api_name="show_after_start", api_visibility="private"
         )

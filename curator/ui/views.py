@@ -2,7 +2,8 @@
 
 Images are returned as absolute file paths inside the run folder, which the app serves as
 static files (no copy per request). Scores are the detector's: confidence in [0, 1], uniqueness
-in [0, 1], score = confidence + lambda * uniqueness; all higher is better.
+in [0, 1], score = confidence + lambda * uniqueness; all higher is better. They are the scores the
+pipeline stored when it selected (its centre, ``RunConfig.uniqueness_centre``), never recomputed here.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def anomaly_view(store: RunStore, anomaly_id: int) -> AnomalyView:
     summary = (
         f"**Anomaly #{a['id']}** (class {names[label]}, prototype {proto['idx']}): {REASONS[a['reason']]}, "
         f"predicted {names[a['predicted']]}, confidence {_f(a['confidence'])}.  \n"
-        f"Candidates: {len(cands)} · automatic pick: {pick_text} · **decision: {decision_text(d)}**"
+        f"Candidates: {len(cands)} · uniqueness ({store.config.uniqueness_centre} centre) against the class's "
+        f"qualified images · automatic pick: {pick_text} · **decision: {decision_text(d)}**"
     )
     return AnomalyView(
         anomaly_id=a["id"],
@@ -231,8 +233,8 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
 
 
 def metadata_preview(export_dir: str | Path, rows: int = 50) -> pd.DataFrame:
-    """The first ``rows`` lines of an export's metadata.csv."""
-    return pd.read_csv(Path(export_dir) / "metadata.csv").head(rows)
+    """The first ``rows`` lines of an export's provenance.csv (the rows of its metadata.parquet)."""
+    return pd.read_csv(Path(export_dir) / "provenance.csv", dtype={"class_name": str}).head(rows)
 
 
 def run_choices(runs_dir: Path) -> list[tuple[str, str]]:
