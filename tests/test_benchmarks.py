@@ -11,7 +11,8 @@ import torch
 from conftest import DIGITS, make_tiny_detector, make_tiny_generator
 
 from benchmarks import quality, refinement_gap, speed
-from curator.pipeline import Pipeline, final_set
+from curator.engine import LocalEngine
+from curator.review import final_set
 from curator.store import RunStore
 
 
@@ -72,20 +73,20 @@ def test_quality_resumes_by_skipping_finished_rows(quick_quality):
 def test_ablation_reselect_reproduces_the_pipeline_and_lambda_zero_takes_the_most_confident(quick_quality, mnist):
     argv, _ = quick_quality
     path = _run(argv)
-    pipe = Pipeline(RunStore.open(path), data=mnist)
+    pipe = LocalEngine(RunStore.open(path), data=mnist)
     anomalies = pipe.store.anomalies()
     assert anomalies, "the tiny random detector should flag anomalies"
     for label in range(10):
-        ids = {r["id"] for r in quality.reselect(pipe, label, pipe.config.lam)}
-        assert ids == {item["row"]["id"] for item in final_set(pipe.store, label)}
+        ids = {r.id for r in quality.reselect(pipe, label, pipe.config.lam)}
+        assert ids == {item.image.id for item in final_set(pipe.store, label)}
     resolved = 0
     for label in range(10):
-        picked = {r["id"] for r in quality.reselect(pipe, label, 0.0)}
+        picked = {r.id for r in quality.reselect(pipe, label, 0.0)}
         for a in pipe.store.anomalies(label):
-            ok = [c for c in pipe.store.candidates(a["id"]) if c["predicted"] == label]
+            ok = [c for c in pipe.store.candidates(a.id) if c.predicted == label]
             if ok:
-                best = max(ok, key=lambda c: c["confidence"])
-                assert best["id"] in picked
+                best = max(ok, key=lambda c: c.confidence)
+                assert best.id in picked
                 resolved += 1
     pipe.store.close()
     assert resolved > 0
@@ -101,7 +102,7 @@ def test_refinement_gap_quick_trains_each_variant_set_and_reports_the_gain(quick
     refine_all = next(r for r in rows if r["variant"] == "refine_all")
     assert int(refine_all["anomalies"]) == 10  # tau 1.0: every image of 10 classes at IPC 1 is an anomaly
     store = RunStore.open(_run(argv, "refine_all"))
-    assert store.config.tau == 1.0 and all(store.candidates(a["id"]) for a in store.anomalies())
+    assert store.config.tau == 1.0 and all(store.candidates(a.id) for a in store.anomalies())
     store.close()
     default = {r["method"]: float(r["top1"]) for r in _rows(work)}
     gain = 100 * (default["refined"] - default["unrefined"])
@@ -147,3 +148,28 @@ def test_speed_quick_measures_throughput_and_a_run(tmp_path, models):
     assert run["pipeline_efficiency"] > 0 and run["refinement_overhead"] > 0
     report = (tmp_path / "SPEED.md").read_text()
     assert "pipeline efficiency >= 0.8" in report and "Quick mode" in report
+
+
+def test_scale_quick_measures_peak_rss_per_size_in_fresh_processes(tmp_path, models):
+    from benchmarks import scale
+
+    argv = ["--quick", "--generator", str(models[0]), "--work", str(tmp_path)]
+    assert scale.main(argv) == 0
+    result = json.loads((tmp_path / "quick" / "scale.json").read_text())
+    rows = result["rows"]
+    assert [r["factor"] for r in rows] == [1, 2] and [r["images"] for r in rows] == [200, 400]
+    for r in rows:
+        for mode in scale.MODES:
+            m = r[mode]
+            assert m["images"] == r["images"] and m["train_images"] == r["images"] * 4 // 5
+            assert m["peak_rss"] >= m["baseline_rss"] > 0
+    assert set(result["growth_ratio"]) == set(scale.MODES)
+    # the folders: each image `factor` times per class, built once and reused
+    folder = tmp_path / "quick" / "scale" / "2x"
+    assert sorted(len(list((folder / str(c)).glob("*.png"))) for c in range(10)) == [40] * 10
+    stamp = (folder / ".complete").stat().st_mtime_ns
+    assert scale.build_folder(tmp_path / "quick" / "scale", 2, 20) == folder
+    assert (folder / ".complete").stat().st_mtime_ns == stamp
+    report = (tmp_path / "quick" / "SCALE.md").read_text()
+    assert "Quick mode" in report and "| 1x | 200 |" in report and "| 2x | 400 |" in report
+    assert "ratio" in report and "python -m benchmarks.scale --quick" in report

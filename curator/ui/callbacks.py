@@ -27,9 +27,11 @@ import pandas as pd
 
 from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.embedding import run_embedding
+from curator.engine import Cancelled, LocalEngine, ProgressFn
 from curator.errors import USER_ERRORS
 from curator.export import export_run
-from curator.pipeline import Cancelled, Pipeline, Progress, user_decide
+from curator.loading import resolve_config
+from curator.review import user_decide
 from curator.store import Decision, RunStore
 from curator.ui import jobs, resources
 from curator.ui.plots import umap_figure
@@ -112,7 +114,7 @@ def _float(value, name: str) -> float:
         raise UIError(f"{name} must be a number, got {value!r}") from exc
 
 
-def _progress_fn(progress, names: list[str]) -> Progress:
+def _progress_fn(progress, names: list[str]) -> ProgressFn:
     """Adapt the pipeline's ``(stage, done, total, label)`` to ``gr.Progress``."""
 
     def report(stage: str, done: int, total: int, label: int | None) -> None:
@@ -153,7 +155,7 @@ class Callbacks:
         return lab
 
     def _class_choices(self, store: RunStore) -> list[tuple[str, int]]:
-        return [(f"{r['label']}: {r['name']} ({r['status']})", r["label"]) for r in store.classes()]
+        return [(f"{r.label}: {r.name} ({r.status})", r.label) for r in store.classes()]
 
     def _run_info(self, store: RunStore) -> str:
         cfg = store.config
@@ -273,10 +275,7 @@ class Callbacks:
     ) -> tuple:
         """Check data, models and parameters, then create a run folder; it becomes this session's run."""
         generator, detector = self._model_paths(model_source, gen_path, det_path)
-        config = RunConfig(
-            data="mnist5k",
-            generator=generator,
-            detector=detector,
+        values = dict(
             ipc=_int(ipc, "IPC"),
             k=_int(k, "K"),
             tau=_float(tau, "tau"),
@@ -285,10 +284,17 @@ class Callbacks:
             strength=_float(strength, "strength"),
             guidance=_float(guidance, "guidance"),
             seed=_int(seed, "seed"),
-        ).validate()
-        config.data = self._dataset_spec(data_source, folder, upload)
+        )
+        RunConfig(generator=generator, detector=detector, **values).validate()  # ranges first, then the data
+        # Fields left at RunConfig's defaults take the generator backend's (guidance 8 for Stable
+        # Diffusion, ...): the same resolver as the CLI's.
+        defaults = RunConfig()
+        given = {k: v for k, v in values.items() if v != getattr(defaults, k)}
+        config = resolve_config(generator, detector=detector, data=self._dataset_spec(data_source, folder, upload),
+                                **given)  # fmt: skip
         data, gen, det = resources.components(config)
-        pipe = Pipeline.create(config, str(self.settings.runs_dir), data=data, generator=gen, detector=det)
+        # Creating a run only checks and stores it; the jobs run it on the app's engine (``jobs.run_job``).
+        pipe = LocalEngine.create(config, str(self.settings.runs_dir), data=data, generator=gen, detector=det)
         try:
             skipped = f" ({len(data.skipped)} unreadable files skipped)" if data.skipped else ""
             msg = ok(
@@ -376,10 +382,10 @@ class Callbacks:
         with self._store(state) as store:
             aid = _int(anomaly_id, "anomaly id")
             row = store.image(aid)
-            if row["kind"] != "synthetic" or row["reason"] is None:
-                what = "passed inspection" if row["kind"] == "synthetic" else "is a candidate"
+            if row.kind != "synthetic" or row.reason is None:
+                what = "passed inspection" if row.kind == "synthetic" else "is a candidate"
                 raise UIError(f"image #{aid} is not an anomaly (it {what})")
-            return self.panel(store, row["label"], aid)
+            return self.panel(store, row.label, aid)
 
     @guarded(PANEL_SIZE)
     def select_class_image(self, state: dict | None, label, evt: gr.SelectData) -> tuple:
@@ -387,11 +393,11 @@ class Callbacks:
             lab = self._label(store, label)
             rows = store.synthetic(lab)
             r = rows[evt.index if isinstance(evt.index, int) else evt.index[0]]
-            if r["reason"] is None:
-                return (ok(f"image #{r['id']} passed inspection (confidence {r['confidence']:.3f})"),) + tuple(
+            if r.reason is None:
+                return (ok(f"image #{r.id} passed inspection (confidence {r.confidence:.3f})"),) + tuple(
                     gr.skip() for _ in range(PANEL_SIZE - 1)
                 )
-            return self.panel(store, lab, r["id"])
+            return self.panel(store, lab, r.id)
 
     @guarded(PANEL_SIZE)
     def select_anomaly_row(self, state: dict | None, label, table, evt: gr.SelectData) -> tuple:
@@ -424,7 +430,7 @@ class Callbacks:
             cands = store.candidates(_int(anomaly_id, "anomaly id"))
             i = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
             c = cands[int(i)]
-            return ok(f"candidate #{c['id']} selected: press “Use selected candidate” to choose it"), c["id"]
+            return ok(f"candidate #{c.id} selected: press “Use selected candidate” to choose it"), c.id
 
     @guarded(PANEL_SIZE)
     def decide(self, state: dict | None, label, anomaly_id, candidate_id, action: str) -> tuple:
@@ -432,7 +438,7 @@ class Callbacks:
         with self._store(state) as store:
             aid = _int(anomaly_id, "anomaly id")
             a = store.image(aid)
-            lab = a["label"]
+            lab = a.label
             if action == "accept":
                 pick = auto_pick(store.candidates(aid), lab)
                 if pick is None:
@@ -457,13 +463,13 @@ class Callbacks:
     @guarded(PANEL_SIZE)
     def undo(self, state: dict | None, label, anomaly_id) -> tuple:
         with self._store(state) as store:
-            row = store.db.execute("SELECT anomaly_id FROM decision_log ORDER BY id DESC LIMIT 1").fetchone()
-            if row is None:
+            undone = store.undo_last()
+            if undone is None:
                 raise UIError("nothing to undo")
-            d = store.undo_last()
-            aid = row[0]
-            lab = store.image(aid)["label"]
-            return self.panel(store, lab, aid, message=ok(f"undone: #{aid} is back to {d.choice if d else 'pending'}"))
+            aid, d = undone.anomaly_id, undone.now
+            return self.panel(
+                store, undone.label, aid, message=ok(f"undone: #{aid} is back to {d.choice if d else 'pending'}")
+            )
 
     @guarded(PANEL_SIZE)
     def regenerate(self, state: dict | None, label, anomaly_id, progress=gr.Progress()) -> tuple:
@@ -475,7 +481,7 @@ class Callbacks:
             store.image(aid)
         round_ = jobs.run_job(path, regenerate_id=aid, progress=_progress_fn(progress, names))
         with self._store(state) as store:
-            lab = store.image(aid)["label"]
+            lab = store.image(aid).label
             return self.panel(store, lab, aid, message=ok(f"#{aid}: round {round_} of candidates added and rescored"))
 
     # --- overview ------------------------------------------------------------------------------
