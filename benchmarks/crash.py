@@ -44,7 +44,11 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def export_bytes(run: Path, out: Path) -> dict[str, bytes]:
-    """Check the run (SQLite's integrity check and the store's own rules), export it, read it back."""
+    """Check the run (SQLite's integrity check and the store's own rules), export it, read it back.
+
+    The key ``<store>`` holds every stored image's provenance and every decision, so runs that
+    differ only in what is not exported (e.g. an unresolved anomaly's candidates) differ too.
+    """
     from curator.export import export_run
     from curator.store import RunStore
 
@@ -54,9 +58,25 @@ def export_bytes(run: Path, out: Path) -> dict[str, bytes]:
         if problems:
             raise AssertionError(f"{run}: {problems}")
         export_run(store, out)
+        digest = store_digest(store)
     finally:
         store.close()
-    return tree_bytes(out)
+    return {**tree_bytes(out), "<store>": digest}
+
+
+def store_digest(store) -> bytes:
+    """Every image row (provenance, detector outputs, scores) and decision of a run, as text."""
+    cols = ("label", "kind", "round", "position", "seed", "confidence", "predicted", "reason", "uniqueness", "score")
+    lines = []
+    for label in range(len(store.class_names)):
+        for a in store.synthetic(label):
+            for r in [a, *store.candidates(a.id)]:
+                lines.append(repr([getattr(r, c) for c in cols]))
+            d = store.decision(a.id)
+            chosen = store.image(d.candidate_id) if d is not None and d.candidate_id is not None else None
+            pick = None if chosen is None else (chosen.round, chosen.position)
+            lines.append(repr(None if d is None else (d.choice, pick, d.source)))
+    return "\n".join(lines).encode()
 
 
 def uninterrupted(run_args: list[str], work: Path) -> dict[str, bytes]:
