@@ -196,7 +196,8 @@ def _write(store: RunStore, out: Path, missing: list[str]) -> None:
     for label, name, item in items:
         r = item.image
         proto = store.prototype(r.prototype_id)
-        file_name = f"{name}/c{label}_p{proto.idx:03d}_{r.id:06d}.png"
+        # named by provenance (class, prototype, round, position), not by row id: the same in any run order
+        file_name = f"{name}/c{label}_p{proto.idx:03d}_r{r.round}_{r.position:02d}.png"
         (out / name).mkdir(exist_ok=True)
         shutil.copyfile(store.path / r.file, out / file_name)
         rows.append(

@@ -40,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - ray is in requirements.txt
 REPO = Path(__file__).resolve().parents[2]
 CONNECT_TIMEOUT_S = 10.0  # bounded wait for a cluster address that does not answer
 GROUP_ATTEMPTS = 3  # submissions of one group (the first and two after worker deaths)
+RESTART_TIMEOUT_S = 300.0  # how long a restarting worker may take to load its models again
 
 
 @ray.remote(max_restarts=-1)
@@ -98,18 +99,23 @@ class RayEngine(Engine):
 
     name = "ray"
 
+    @classmethod
+    def create(cls, config, root, run_id=None, **kwargs):
+        connect(kwargs.get("ray_address"))  # first: a cluster that does not answer leaves no run folder
+        return super().create(config, root, run_id, **kwargs)
+
     def __init__(self, store, *, ray_address: str | None = None, workers: int | None = None, **kwargs):
         super().__init__(store, **kwargs)
         try:
             connect(ray_address)
             resources = ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
-            n = workers or gpus or max(1, int(resources.get("CPU", 1)))
-            cpus = 0 if gpus else max(1, int(resources.get("CPU", 1)) // n)
+            cpus = max(1, int(resources.get("CPU", 1)))
+            n = workers or gpus or cpus
+            # torch threads per worker: the CPUs each worker has, or OMP_NUM_THREADS where it is set
+            threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cpus // n))
             options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-            self.workers = [
-                StageWorker.options(**options).remote(self.config.to_json(), cpus or 1) for _ in range(n)
-            ]
+            self.workers = [StageWorker.options(**options).remote(self.config.to_json(), threads) for _ in range(n)]
         except BaseException:
             store.close()
             raise
@@ -142,6 +148,7 @@ class RayEngine(Engine):
             except Exception as exc:
                 if attempt == GROUP_ATTEMPTS or not _is_worker_death(exc):
                     raise
+                _wait_alive(self.workers[0])
                 state = _resume_state(self.group_state(labels), state)
 
     def _run_groups(self, groups: list[list[int]]) -> None:
@@ -191,6 +198,7 @@ class RayEngine(Engine):
                     self.finish(labels, seconds.pop(key), time.time() - started.pop(key))
                     free.append(worker)
                 elif attempt < GROUP_ATTEMPTS and _is_worker_death(payload):
+                    _wait_alive(worker)  # Ray restarts it (max_restarts)
                     submit(worker, labels, attempt + 1)  # the store says what is left
                 else:
                     raise payload
@@ -206,4 +214,20 @@ def _resume_state(fresh: stages.GroupState, before: stages.GroupState) -> stages
 
 
 def _is_worker_death(exc: BaseException) -> bool:
-    return isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.WorkerCrashedError)
+    errors = ray.exceptions
+    return isinstance(exc, errors.RayActorError | errors.ActorUnavailableError | errors.WorkerCrashedError)
+
+
+def _wait_alive(worker, timeout: float = RESTART_TIMEOUT_S) -> None:
+    """Block until a restarted worker answers again (its constructor reloads the models)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.get(worker.pid.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except Exception as exc:
+            if not _is_worker_death(exc) and not isinstance(exc, ray.exceptions.GetTimeoutError):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
