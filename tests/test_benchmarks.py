@@ -150,10 +150,10 @@ def test_speed_quick_measures_throughput_and_a_run(tmp_path, models):
     assert "pipeline efficiency >= 0.8" in report and "Quick mode" in report
 
 
-def test_scale_quick_measures_peak_rss_per_size_in_fresh_processes(tmp_path, models):
+def test_scale_quick_measures_peak_rss_per_size_and_the_engines_in_fresh_processes(tmp_path, models):
     from benchmarks import scale
 
-    argv = ["--quick", "--generator", str(models[0]), "--work", str(tmp_path)]
+    argv = ["--quick", "--generator", str(models[0]), "--detector", str(models[1]), "--work", str(tmp_path)]
     assert scale.main(argv) == 0
     result = json.loads((tmp_path / "quick" / "scale.json").read_text())
     rows = result["rows"]
@@ -170,6 +170,32 @@ def test_scale_quick_measures_peak_rss_per_size_in_fresh_processes(tmp_path, mod
     stamp = (folder / ".complete").stat().st_mtime_ns
     assert scale.build_folder(tmp_path / "quick" / "scale", 2, 20) == folder
     assert (folder / ".complete").stat().st_mtime_ns == stamp
+    # the engines: local and Ray with one worker, each a CLI process, the same run
+    eng = result["engines"]
+    runs = eng["runs"]
+    assert [(r["name"], r["engine"], r["workers"]) for r in runs] == [("local", "local", None), ("ray-1", "ray", 1)]
+    for r in runs:
+        assert r["differs"] == [] and r["classes"] == 2 and r["groups"] == 1 and r["synthetic"] == 4
+        assert r["images_generated"] == 4 + 2 * r["anomalies"] == 4 + r["candidates"]  # K = 2, one round
+        assert 0 < r["stage_wall"] <= r["cli_wall"] < r["process_wall"]
+        assert all(v >= 0 for v in r["phases"].values()) and r["phases"]["startup"] > 0
+        assert sum(r["phases"].values()) == pytest.approx(r["process_wall"])
+    assert runs[0]["phases"]["centres"] < runs[1]["phases"]["centres"]  # the worker loads the models first
+    c = eng["costs"]
+    assert c["fixed"] == pytest.approx(c["ray_start"] + c["worker_start"] + c["shutdown"])
+    assert c["total"] == pytest.approx(runs[1]["process_wall"] - runs[0]["process_wall"])
+    u, proj = eng["unit_costs"], eng["projection"]
+    assert [(p["ipc"], p["workers"]) for p in proj] == [(10, 1), (10, 8), (10, 64), (50, 1), (50, 8), (50, 64)]
+    for p in proj:
+        assert p["images"] == pytest.approx(1000 * p["ipc"] * (1 + 2 * u["anomaly_rate"]))
+        assert p["waves"] == -(-p["groups"] // p["workers"]) and p["ideal_hours"] <= p["core_hours"] + c["fixed"] / 3600
     report = (tmp_path / "quick" / "SCALE.md").read_text()
     assert "Quick mode" in report and "| 1x | 200 |" in report and "| 2x | 400 |" in report
     assert "ratio" in report and "python -m benchmarks.scale --quick" in report
+    assert "## Engines: local against Ray" in report and "| `ray-1` |" in report and "**identical**" in report
+    assert "OMP_NUM_THREADS=1" in report and "### Projection: ImageNet-1K (1,000 classes)" in report
+    # a part left out is kept from scale.json as it was
+    assert scale.main([*argv, "--parts", "rss", "--factors", "1", "--modes", "streaming"]) == 0
+    again = json.loads((tmp_path / "quick" / "scale.json").read_text())
+    assert again["engines"] == eng and [r["factor"] for r in again["rows"]] == [1]
+    assert "## Engines: local against Ray" in (tmp_path / "quick" / "SCALE.md").read_text()

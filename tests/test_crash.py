@@ -25,7 +25,7 @@ from curator.cli import main as cli_main
 from curator.config import RunConfig
 from curator.engine import LocalEngine
 from curator.errors import StoreError
-from curator.store import RunStore
+from curator.store import NewImage, RunStore
 
 
 @pytest.fixture
@@ -120,10 +120,10 @@ def test_the_schema_refuses_a_second_synthetic_image_per_prototype(small, refere
         feature=np.zeros(4, np.float32),
     )  # fmt: skip
     with pytest.raises(sqlite3.IntegrityError):
-        store.add_image(**twin)
+        store.add_images([NewImage(**twin)])
     # A database written before the rule existed, holding twins, is refused with one line.
     store.db.execute("DROP INDEX one_synthetic_per_prototype")
-    store.add_image(**twin)
+    store.add_images([NewImage(**twin)])
     store.close()
     with pytest.raises(StoreError, match="duplicate rows"):
         RunStore.open(run)

@@ -232,11 +232,11 @@ def test_hugging_face_datasets_reads_class_labels_and_string_class_names(tmp_pat
     for ds in (by_path, by_dir, told):
         f = ds.features
         assert f == hf_features(out) and list(f) == ["image", *COLUMNS[1:]]
-        assert isinstance(f.label, datasets.ClassLabel) and f.label.names == ["0", "1"]
+        assert isinstance(f["label"], datasets.ClassLabel) and f["label"].names == ["0", "1"]
         assert f["class_name"] == datasets.Value("string") and f["decision"] == datasets.Value("string")
-        assert f.seed == datasets.Value("int64") and f.confidence == datasets.Value("float64")
+        assert f["seed"] == datasets.Value("int64") and f["confidence"] == datasets.Value("float64")
         assert isinstance(f["image"], datasets.Image) and len(ds) == len(meta)
-        assert sorted(zip(ds["class_name"], ds.label, strict=True)) == sorted(
+        assert sorted(zip(ds["class_name"], ds["label"], strict=True)) == sorted(
             zip(meta.class_name.astype(str), meta.label, strict=True)
         )
 
@@ -244,7 +244,7 @@ def test_hugging_face_datasets_reads_class_labels_and_string_class_names(tmp_pat
     one = export_run(half_run, tmp_path / "one", partial=True)
     assert len(pd.read_csv(one / PROVENANCE)) == 1
     ds = datasets.load_dataset(str(one), split="train", cache_dir=str(tmp_path / "cache"))
-    assert len(ds) == 1 and ds.features.label.names == ["0"] and ds[0]["class_name"] == "0"
+    assert len(ds) == 1 and ds.features["label"].names == ["0"] and ds[0]["class_name"] == "0"
 
 
 def test_exports_of_the_same_run_are_byte_identical(tmp_path, finished_run):

@@ -46,7 +46,7 @@ def test_every_anomaly_is_resolved_or_honestly_unresolved(default_run):
     for a in store.anomalies():
         d = store.decision(a.id)
         if d.choice == "candidate":
-            assert store.image(d.candidate_id)["predicted"] == a.label
+            assert store.image(d.candidate_id).predicted == a.label
         else:
             assert d.choice == "unresolved"
             assert all(c.predicted != a.label for c in store.candidates(a.id))
