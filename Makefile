@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
+export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: install run test lint bench crash-test
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from curator.config import RunConfig
-from curator.pipeline import Pipeline
+from curator.engine import LocalEngine
 from curator.scoring import select_greedy
 
 HERE = Path(__file__).resolve().parent
@@ -32,19 +32,19 @@ TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
-def replay(pipe: Pipeline, tau: float, lam: float) -> dict[int, list]:
+def replay(pipe: LocalEngine, tau: float, lam: float) -> dict[int, list]:
     """The curated rows per class had the run used ``tau`` and ``lam`` (no user decisions)."""
     store, out = pipe.store, {}
     for label in pipe.labels():
         synth = store.synthetic(label)
-        flagged = [r for r in synth if r["predicted"] != label or r["confidence"] < tau]
-        flagged_ids = {r["id"] for r in flagged}
-        passed = [r for r in synth if r["id"] not in flagged_ids]
-        cands = [store.candidates(a["id"]) for a in flagged]
+        flagged = [r for r in synth if r.predicted != label or r.confidence < tau]
+        flagged_ids = {r.id for r in flagged}
+        passed = [r for r in synth if r.id not in flagged_ids]
+        cands = [store.candidates(a.id) for a in flagged]
         sels = select_greedy(
             [label] * len(flagged),
-            [[c["confidence"] for c in cs] for cs in cands],
-            [[c["predicted"] for c in cs] for cs in cands],
+            [[c.confidence for c in cs] for cs in cands],
+            [[c.predicted for c in cs] for cs in cands],
             [pipe.normalized(cs) for cs in cands],
             {label: pipe.normalized(passed)},
             lam,
@@ -54,20 +54,20 @@ def replay(pipe: Pipeline, tau: float, lam: float) -> dict[int, list]:
     return out
 
 
-def measure(pipe: Pipeline, judge, tau: float, lam: float, judge_cache: dict) -> dict:
+def measure(pipe: LocalEngine, judge, tau: float, lam: float, judge_cache: dict) -> dict:
     from benchmarks.classifier import predict
 
     final = replay(pipe, tau, lam)
     rows = [r for label in final for r in final[label]]
-    missing = [r for r in rows if r["id"] not in judge_cache]
+    missing = [r for r in rows if r.id not in judge_cache]
     if missing:
         preds = predict(judge, torch.stack([pipe.store.load_image(r) for r in missing]))
-        judge_cache.update({r["id"]: int(p) for r, p in zip(missing, preds)})
+        judge_cache.update({r.id: int(p) for r, p in zip(missing, preds)})
     flagged = sum(
         1
         for label in pipe.labels()
         for r in pipe.store.synthetic(label)
-        if r["predicted"] != label or r["confidence"] < tau
+        if r.predicted != label or r.confidence < tau
     )
     cos = []
     for rs in final.values():
@@ -81,13 +81,13 @@ def measure(pipe: Pipeline, judge, tau: float, lam: float, judge_cache: dict) ->
         "lambda": lam,
         "anomalies": flagged,
         "unresolved": n_images - len(rows),
-        "judge_consistency": float(np.mean([judge_cache[r["id"]] == r["label"] for r in rows])),
-        "detector_confidence": float(np.mean([r["confidence"] for r in rows])),
+        "judge_consistency": float(np.mean([judge_cache[r.id] == r.label for r in rows])),
+        "detector_confidence": float(np.mean([r.confidence for r in rows])),
         "mean_pairwise_cosine": float(np.mean(cos)),
     }
 
 
-def guidance_sweep(pipe: Pipeline, judge, guidances: tuple[float, ...]) -> list[dict]:
+def guidance_sweep(pipe: LocalEngine, judge, guidances: tuple[float, ...]) -> list[dict]:
     """Synthesis from the run's prototypes and seeds at each guidance scale, before any refinement."""
     from benchmarks.classifier import predict
 
@@ -95,8 +95,8 @@ def guidance_sweep(pipe: Pipeline, judge, guidances: tuple[float, ...]) -> list[
     for label in pipe.labels():
         for r in store.synthetic(label):
             labels.append(label)
-            init.append(store.prototype_latent(r["prototype_id"]))
-            seeds.append(r["seed"])
+            init.append(store.prototype_latent(r.prototype_id))
+            seeds.append(r.seed)
     init_t, y = torch.stack(init), np.asarray(labels)
     out = []
     for g in guidances:
@@ -118,7 +118,7 @@ def guidance_sweep(pipe: Pipeline, judge, guidances: tuple[float, ...]) -> list[
     return out
 
 
-def within_class_cosine(pipe: Pipeline, features: np.ndarray, labels: np.ndarray) -> float:
+def within_class_cosine(pipe: LocalEngine, features: np.ndarray, labels: np.ndarray) -> float:
     """Mean pairwise cosine of centred detector features within each class (lower = more diverse)."""
     from curator.scoring import normalize_features
 
@@ -152,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if existing:
         from curator.store import RunStore
 
-        pipe = Pipeline(RunStore.open(existing[0].parent))
+        pipe = LocalEngine(RunStore.open(existing[0].parent))
     else:
-        pipe = Pipeline.create(config, str(run_dir))
+        pipe = LocalEngine.create(config, str(run_dir))
     pipe.run()
     judge, judge_meta = load_or_train(
         pipe.data, work / f"independent-mnist5k-{'quick' if args.quick else 'full'}.pt", **judge_kw

@@ -70,11 +70,11 @@ def store_digest(store) -> bytes:
     lines = []
     for label in range(len(store.class_names)):
         for a in store.synthetic(label):
-            for r in [a, *store.candidates(a["id"])]:
-                lines.append(repr([r[c] for c in cols]))
-            d = store.decision(a["id"])
+            for r in [a, *store.candidates(a.id)]:
+                lines.append(repr([getattr(r, c) for c in cols]))
+            d = store.decision(a.id)
             chosen = store.image(d.candidate_id) if d is not None and d.candidate_id is not None else None
-            pick = None if chosen is None else (chosen["round"], chosen["position"])
+            pick = None if chosen is None else (chosen.round, chosen.position)
             lines.append(repr(None if d is None else (d.choice, pick, d.source)))
     return "\n".join(lines).encode()
 

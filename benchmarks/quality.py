@@ -47,9 +47,11 @@ import torch
 from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.data import Dataset, ImageSet, load_dataset
 from curator.detector import Detector
+from curator.engine import LocalEngine
 from curator.evaluation import default_epochs, top1_accuracy, train_student
-from curator.pipeline import Pipeline, final_set, load_generator, summarize
+from curator.loading import load_generator
 from curator.prototypes import nearest_to_prototypes
+from curator.review import final_set, summarize
 from curator.scoring import select_greedy
 from curator.store import RunStore
 from curator.training import pick_device
@@ -78,19 +80,19 @@ def random_real(data: Dataset, ipc: int, seed: int) -> Labelled:
     return Labelled(data.train.images[idx], data.train.labels[idx])
 
 
-def nearest_real(pipe: Pipeline) -> Labelled:
+def nearest_real(pipe: LocalEngine) -> Labelled:
     """The real training image nearest each of the run's prototypes, in the generator's init space."""
     images, labels = [], []
     for c in pipe.labels():
         real = pipe.data.train.of_class(c)
-        centres = torch.stack([pipe.store.prototype_latent(p["id"]) for p in pipe.store.prototypes(c)])
+        centres = torch.stack([pipe.store.prototype_latent(p.id) for p in pipe.store.prototypes(c)])
         idx = nearest_to_prototypes(pipe.generator.encode(real), centres)
         images.append(real[idx])
         labels += [c] * len(idx)
     return Labelled(torch.cat(images), np.asarray(labels, dtype=np.int64))
 
 
-def reselect(pipe: Pipeline, label: int, lam: float, centre: str | None = None) -> list:
+def reselect(pipe: LocalEngine, label: int, lam: float, centre: str | None = None) -> list:
     """Rows of the class's set had automatic selection used ``lam``: passed originals plus the greedy
     pick of each anomaly (unresolved left out), from the stored candidates. Person's decisions are
     ignored: this is the automatic pipeline's set. ``centre`` ("class" or "global") overrides the
@@ -100,7 +102,7 @@ def reselect(pipe: Pipeline, label: int, lam: float, centre: str | None = None) 
 
 
 @contextmanager
-def centred_on(pipe: Pipeline, centre: str | None):
+def centred_on(pipe: LocalEngine, centre: str | None):
     """Within the block, ``pipe.normalized`` centres on ``centre`` ("class" or "global"; None: the
     run's own setting). Only the in-memory config changes; the run store is untouched."""
     saved = pipe.config
@@ -112,18 +114,18 @@ def centred_on(pipe: Pipeline, centre: str | None):
         pipe.config = saved
 
 
-def reselect_detail(pipe: Pipeline, label: int, lam: float, centre: str | None = None) -> tuple:
+def reselect_detail(pipe: LocalEngine, label: int, lam: float, centre: str | None = None) -> tuple:
     """``reselect``'s parts: (passed originals, anomalies with candidates, their candidates, the
     ``Selection`` of each anomaly: pick and every candidate's scores)."""
     store = pipe.store
-    passed = [r for r in store.synthetic(label) if r["reason"] is None]
-    anomalies = [a for a in store.anomalies(label) if store.candidates(a["id"])]
-    cands = [store.candidates(a["id"]) for a in anomalies]
+    passed = [r for r in store.synthetic(label) if r.reason is None]
+    anomalies = [a for a in store.anomalies(label) if store.candidates(a.id)]
+    cands = [store.candidates(a.id) for a in anomalies]
     with centred_on(pipe, centre):
         sels = select_greedy(
             [label] * len(anomalies),
-            [np.array([r["confidence"] for r in c]) for c in cands],
-            [np.array([r["predicted"] for r in c]) for c in cands],
+            [np.array([r.confidence for r in c]) for c in cands],
+            [np.array([r.predicted for r in c]) for c in cands],
             [pipe.normalized(c) for c in cands],
             {label: pipe.normalized(passed)},
             lam,
@@ -140,11 +142,11 @@ def _rows_to_set(store: RunStore, rows_by_label: dict[int, list]) -> Labelled:
     return Labelled(torch.stack(images), np.asarray(labels, dtype=np.int64))
 
 
-def synthetic_sets(pipe: Pipeline, lam_high: float) -> dict[str, Labelled]:
+def synthetic_sets(pipe: LocalEngine, lam_high: float) -> dict[str, Labelled]:
     store, labels = pipe.store, pipe.labels()
     return {
         "unrefined": _rows_to_set(store, {c: store.synthetic(c) for c in labels}),
-        "refined": _rows_to_set(store, {c: [f["row"] for f in final_set(store, c)] for c in labels}),
+        "refined": _rows_to_set(store, {c: [f.image for f in final_set(store, c)] for c in labels}),
         "refined_lam0": _rows_to_set(store, {c: reselect(pipe, c, 0.0) for c in labels}),
         "refined_lam_high": _rows_to_set(store, {c: reselect(pipe, c, lam_high) for c in labels}),
     }
@@ -174,20 +176,20 @@ def run_path(args: argparse.Namespace, ipc: int, fp: str, variant: str = "") -> 
 def ensure_run(
     args: argparse.Namespace, ipc: int, fp: str, data: Dataset, generator, detector, variant: str = "",
     overrides: dict | None = None,
-) -> Pipeline:  # fmt: skip
+) -> LocalEngine:  # fmt: skip
     """Create, resume or reopen the run of this IPC (``run_path``) and finish it. ``overrides``
     changes RunConfig defaults for a named ``variant``."""
     path = run_path(args, ipc, fp, variant)
     root, run_id = path.parent, path.name
     kw = dict(data=data, generator=generator, detector=detector)
     if (root / run_id / "run.sqlite").is_file():
-        pipe = Pipeline(RunStore.open(root / run_id), **kw)
+        pipe = LocalEngine(RunStore.open(root / run_id), **kw)
     else:
         cfg = RunConfig(data=args.data, generator=args.generator, detector=args.detector, ipc=ipc, device=args.device,
                         **(overrides or {}))  # fmt: skip
         if args.quick:
             cfg.steps, cfg.k = 4, 4
-        pipe = Pipeline.create(cfg, str(root), run_id, **kw)
+        pipe = LocalEngine.create(cfg, str(root), run_id, **kw)
     pipe.run()
     return pipe
 

@@ -47,8 +47,9 @@ from benchmarks.quality import (
     read_rows,
     student_pool,
 )
+from curator.engine import LocalEngine
 from curator.evaluation import default_epochs
-from curator.pipeline import Pipeline, final_set, summarize
+from curator.review import final_set, summarize
 from curator.training import pick_device
 
 VARIANTS = {"refine_all": {"tau": 1.0}, "from_noise": {"strength": 1.0}}
@@ -70,11 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return finish_args(p.parse_args(argv))
 
 
-def variant_sets(pipe: Pipeline, variant: str) -> dict[str, Labelled]:
+def variant_sets(pipe: LocalEngine, variant: str) -> dict[str, Labelled]:
     store, labels = pipe.store, pipe.labels()
     built = {
         "unrefined": lambda: _rows_to_set(store, {c: store.synthetic(c) for c in labels}),
-        "refined": lambda: _rows_to_set(store, {c: [f["row"] for f in final_set(store, c)] for c in labels}),
+        "refined": lambda: _rows_to_set(store, {c: [f.image for f in final_set(store, c)] for c in labels}),
     }
     return {name: built[name]() for name in SETS[variant]}
 

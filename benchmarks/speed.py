@@ -40,7 +40,8 @@ import torch
 from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.data import load_dataset
 from curator.detector import Detector
-from curator.pipeline import Pipeline, load_generator
+from curator.engine import LocalEngine
+from curator.loading import load_generator
 from curator.prototypes import class_prototypes
 from curator.training import pick_device
 
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         clock.reset()
         t0 = clock.now()
-        pipe = Pipeline.create(cfg, tmp, "speed", data=data, generator=timed, detector=detector)
+        pipe = LocalEngine.create(cfg, tmp, "speed", data=data, generator=timed, detector=detector)
         summaries = pipe.run()
         wall = clock.now() - t0
         pipe.store.close()

@@ -59,8 +59,8 @@ from benchmarks.quality import (
     student_pool,
 )
 from curator.config import ASSETS, DEFAULT_GENERATOR
+from curator.engine import LocalEngine
 from curator.evaluation import default_epochs
-from curator.pipeline import Pipeline
 from curator.training import pick_device
 
 EARLY_GENERATOR = str(ASSETS / "generator-early")
@@ -106,10 +106,10 @@ class Selected:
 
 def set_hash(rows: list) -> str:
     """First 12 hex digits of the SHA-1 of the set's sorted image ids (a set's content in its run)."""
-    return hashlib.sha1(",".join(str(i) for i in sorted(r["id"] for r in rows)).encode()).hexdigest()[:12]
+    return hashlib.sha1(",".join(str(i) for i in sorted(r.id for r in rows)).encode()).hexdigest()[:12]
 
 
-def selections(pipe: Pipeline) -> dict[str, Selected]:
+def selections(pipe: LocalEngine) -> dict[str, Selected]:
     """Every selection of ``SELECTIONS`` on the run's stored candidates."""
     store, labels = pipe.store, pipe.labels()
     n_anomalies = sum(len(store.anomalies(c)) for c in labels)
@@ -126,7 +126,7 @@ def selections(pipe: Pipeline) -> dict[str, Selected]:
             passed, anomalies, cands, sels = reselect_detail(pipe, c, lam, centre)
             rows[c] = passed + [cs[s.pick] for cs, s in zip(cands, sels) if s.pick is not None]
             uniq += [u for s in sels for u in s.uniqueness]
-            chosen += [(a["id"], None if s.pick is None else cs[s.pick]["id"])
+            chosen += [(a.id, None if s.pick is None else cs[s.pick].id)
                        for a, cs, s in zip(anomalies, cands, sels)]  # fmt: skip
         picks[name] = chosen
         flat = [r for rs in rows.values() for r in rs]

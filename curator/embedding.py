@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from curator.scoring import normalize_features
-from curator.store import RunStore, from_blob, load_png
+from curator.store import RunStore
 
 CACHE_DIR = "embedding"
 COLUMNS = ["key", "kind", "status", "label", "class_name", "image_id", "x", "y", "confidence", "uniqueness", "score"]
@@ -73,51 +73,48 @@ def collect_points(store: RunStore, detector=None) -> tuple[pd.DataFrame, np.nda
         rows.append(dict(key=f"real:{lab}:{idx}", kind="real", status="real", label=int(lab), image_id=None))
         feats.append(f)
     if detector is not None:
-        protos = store.db.execute("SELECT id, label, preview FROM prototypes ORDER BY label, idx").fetchall()
+        protos = store.prototypes()
         if protos:
-            images = np.stack([load_png(store.path / p["preview"]).numpy() for p in protos])
+            images = np.stack([store.load_image(p).numpy() for p in protos])
             import torch
 
             pf = detector.inspect(torch.from_numpy(images)).features
             for p, f in zip(protos, pf):
                 rows.append(
                     dict(
-                        key=f"proto:{p['id']}",
+                        key=f"proto:{p.id}",
                         kind="prototype",
                         status="prototype",
-                        label=int(p["label"]),
+                        label=int(p.label),
                         image_id=None,
                     )
                 )
                 feats.append(f)
-    decisions = {a: store.decision(a) for (a,) in store.db.execute("SELECT anomaly_id FROM decisions").fetchall()}
-    picked = {d.candidate_id for d in decisions.values() if d is not None and d.choice == "candidate"}
-    images = store.db.execute(
-        "SELECT id, label, kind, reason, confidence, uniqueness, score, feature FROM images "
-        "WHERE feature IS NOT NULL ORDER BY id"
-    ).fetchall()
+    decisions = store.decisions()
+    picked = {d.candidate_id for d in decisions.values() if d.choice == "candidate"}
+    images = sorted(store.synthetic() + store.all_candidates(), key=lambda r: r.id)
     for r in images:
-        if r["kind"] == "synthetic":
-            kind = "anomaly" if r["reason"] is not None else "synthetic"
+        if r.kind == "synthetic":
+            kind = "anomaly" if r.reason is not None else "synthetic"
         else:
-            kind = "pick" if r["id"] in picked else "candidate"
+            kind = "pick" if r.id in picked else "candidate"
         rows.append(
             dict(
-                key=f"img:{r['id']}",
+                key=f"img:{r.id}",
                 kind=kind,
-                label=int(r["label"]),
-                image_id=int(r["id"]),
-                confidence=r["confidence"],
-                uniqueness=r["uniqueness"],
-                score=r["score"],
-                status="picked" if kind == "pick" else _status(kind, decisions.get(r["id"])),
+                label=int(r.label),
+                image_id=int(r.id),
+                confidence=r.confidence,
+                uniqueness=r.uniqueness,
+                score=r.score,
+                status="picked" if kind == "pick" else _status(kind, decisions.get(r.id)),
             )
         )
-        feats.append(from_blob(r["feature"]))
+        feats.append(r.feature)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS), np.zeros((0, 0), np.float32)
-    frame["class_name"] = [names[i] for i in frame["label"]]
+    frame["class_name"] = [names[i] for i in frame.label]
     for col in ("confidence", "uniqueness", "score"):
         if col not in frame:
             frame[col] = np.nan

@@ -165,7 +165,7 @@ def top1_accuracy(model: nn.Module, test: ImageSet, batch_size: int = 500) -> fl
     device = next(model.parameters()).device
     hits = 0
     for lo in range(0, len(test), batch_size):
-        x = _normalize(test.images[lo : lo + batch_size].float()).to(device)
+        x = _normalize(test.load(np.arange(lo, min(lo + batch_size, len(test))))).to(device)
         hits += int((model(x).argmax(1).cpu().numpy() == test.labels[lo : lo + batch_size]).sum())
     return hits / max(1, len(test))
 
@@ -245,13 +245,13 @@ def _read_folder(root: Path, size: int | None) -> tuple[torch.Tensor, list[str],
 
 
 def _run_images(path: Path) -> tuple[torch.Tensor, list[str], dict]:
-    from curator.pipeline import final_set
+    from curator.review import final_set
     from curator.store import RunStore
 
     store = RunStore.open(path)
     try:
         names = store.class_names
-        rows = [(names[label], item["row"]) for label in range(len(names)) for item in final_set(store, label)]
+        rows = [(names[label], item.image) for label in range(len(names)) for item in final_set(store, label)]
         if not rows:
             raise DataError(f"the run at {path} has no curated images yet; run or resume it first")
         images = torch.stack([store.load_image(r) for _, r in rows])

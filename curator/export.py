@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from curator.pipeline import final_set, summarize
+from curator.review import final_set, summarize
 from curator.store import RunStore, StoreError
 
 FORMAT = "curator-export/1"
@@ -113,7 +113,7 @@ def run_labels(store: RunStore) -> list[int]:
 
 def unfinished_classes(store: RunStore) -> list[str]:
     """Names of the run's classes whose status is not 'done', in label order."""
-    status = {r["label"]: r["status"] for r in store.classes()}
+    status = {r.label: r.status for r in store.classes()}
     names = store.class_names
     return [names[label] for label in sorted(set(run_labels(store))) if status.get(label) != "done"]
 
@@ -188,29 +188,30 @@ def _write_metadata(rows: list[dict], label_names: list[str], path: Path) -> Non
 def _write(store: RunStore, out: Path, missing: list[str]) -> None:
     names = store.class_names
     # finished classes only (those in the run's scope and unfinished are listed as missing)
-    labels = [r["label"] for r in store.classes() if r["status"] == "done" and names[r["label"]] not in missing]
+    labels = [r.label for r in store.classes() if r.status == "done" and names[r.label] not in missing]
     items = [(label, names[label], item) for label in labels for item in final_set(store, label)]
     label_names = sorted({name for _, name, _ in items})
     order = {name: i for i, name in enumerate(label_names)}
     rows = []
     for label, name, item in items:
-        r = item["row"]
-        proto = store.prototype(r["prototype_id"])
-        file_name = f"{name}/c{label}_p{proto['idx']:03d}_{r['id']:06d}.png"
+        r = item.image
+        proto = store.prototype(r.prototype_id)
+        # named by provenance (class, prototype, round, position), not by row id: the same in any run order
+        file_name = f"{name}/c{label}_p{proto.idx:03d}_r{r.round}_{r.position:02d}.png"
         (out / name).mkdir(exist_ok=True)
-        shutil.copyfile(store.path / r["file"], out / file_name)
+        shutil.copyfile(store.path / r.file, out / file_name)
         rows.append(
             {
                 "file_name": file_name,
                 "label": order[name],
                 "class_name": name,
-                "source": item["source"],
-                "prototype_id": proto["idx"],
-                "seed": r["seed"],
-                "confidence": r["confidence"],
-                "uniqueness": r["uniqueness"],
-                "score": r["score"],
-                "decision": item["decision"],
+                "source": item.source,
+                "prototype_id": proto.idx,
+                "seed": r.seed,
+                "confidence": r.confidence,
+                "uniqueness": r.uniqueness,
+                "score": r.score,
+                "decision": item.decision,
                 "run_id": store.run_id,
             }
         )

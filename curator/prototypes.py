@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from curator.data import DataError
+from curator.data import DataError, ImageSet
+
+if TYPE_CHECKING:
+    from curator.generator import Generator
+
+ENCODE_BATCH = 256  # images decoded and encoded at a time by encode_class
+
+
+@torch.no_grad()
+def encode_class(generator: Generator, images: ImageSet, label: int, batch_size: int = ENCODE_BATCH) -> torch.Tensor:
+    """``generator.encode`` of every image of class ``label`` in ``images`` (row order), streamed.
+
+    The class is read and encoded ``batch_size`` images at a time into one preallocated tensor,
+    so only the class's latents and one float batch are held, never the class (or the split) as
+    float images. Equal to ``generator.encode(images.of_class(label))`` for an encoder that treats
+    rows independently (PixelDiffusion does).
+    """
+    n = len(images.class_indices(label))
+    out = None
+    lo = 0
+    for batch in images.iter_class(label, batch_size):
+        z = generator.encode(batch)
+        if out is None:
+            out = torch.empty((n, *z.shape[1:]), dtype=z.dtype, device=z.device)
+        out[lo : lo + len(z)] = z
+        lo += len(z)
+    if out is None:  # no image of the class: an empty batch keeps the latent shape
+        return generator.encode(images.load([]))
+    return out
 
 
 def class_prototypes(

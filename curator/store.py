@@ -26,6 +26,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def _after_commit() -> None:
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
     anomaly_id: int
     choice: str  # candidate | original | drop | unresolved
@@ -92,6 +93,91 @@ class Decision:
 
     def as_json(self) -> str:
         return json.dumps({"choice": self.choice, "candidate_id": self.candidate_id, "source": self.source})
+
+
+# --- typed records: what the store returns (never sqlite3.Row) ---------------------------------
+@dataclass(frozen=True)
+class ClassRecord:
+    label: int
+    name: str
+    status: str  # pending | running | done
+    wall_seconds: float | None
+
+
+@dataclass(frozen=True)
+class PrototypeRecord:
+    id: int
+    label: int
+    idx: int  # position in the class, 0 = the largest k-means cluster
+    file: str  # latent .npy, relative to the run folder
+    preview: str  # decoded PNG, relative to the run folder
+    n_members: int | None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A synthetic image (``parent_id`` None) or a candidate of the anomaly ``parent_id``."""
+
+    id: int
+    label: int
+    prototype_id: int
+    kind: str  # synthetic | candidate
+    parent_id: int | None
+    round: int  # 0 for synthetic images, 1.. for candidate rounds
+    position: int
+    seed: int
+    file: str  # PNG, relative to the run folder
+    confidence: float  # detector probability of ``label``, in [0, 1]
+    predicted: int
+    reason: str | None  # label_mismatch | low_confidence | None (passed); synthetic images only
+    uniqueness: float | None  # candidates, once scored
+    score: float | None
+    feature: np.ndarray | None  # raw detector feature [D] (float32)
+
+    @property
+    def is_anomaly(self) -> bool:
+        return self.kind == "synthetic" and self.reason is not None
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An image to store (``RunStore.add_images``): pixels [C, H, W] in [0, 1] and its inspection."""
+
+    label: int
+    prototype_id: int
+    kind: str
+    parent_id: int | None
+    round: int
+    position: int
+    seed: int
+    image: torch.Tensor
+    confidence: float
+    predicted: int
+    reason: str | None
+    feature: np.ndarray
+
+
+@dataclass(frozen=True)
+class Undone:
+    """What ``undo_last`` reverted: the anomaly and the decision now in force (None = none)."""
+
+    anomaly_id: int
+    label: int
+    now: Decision | None
+
+
+_IMAGE_COLUMNS = (
+    "id, label, prototype_id, kind, parent_id, round, position, seed, file, confidence, predicted, reason, "
+    "uniqueness, score, feature"
+)
+
+
+def _image(row) -> ImageRecord:
+    return ImageRecord(*row[:14], from_blob(row[14]))
+
+
+def _prototype(row) -> PrototypeRecord:
+    return PrototypeRecord(*row)
 
 
 def to_blob(a: np.ndarray) -> bytes:
@@ -125,7 +211,6 @@ class RunStore:
         self._lock_fd: int | None = None
         db_file = self.path / "run.sqlite"
         self.db = sqlite3.connect(db_file, timeout=30, check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -210,22 +295,22 @@ class RunStore:
         problems = [f"integrity_check: {r[0]}" for r in self.db.execute("PRAGMA integrity_check") if r[0] != "ok"]
         cfg = self.config
         for c in self.classes():
-            label, done = c["label"], c["status"] == "done"
+            label, done = c.label, c.status == "done"
             protos, synth = self.prototypes(label), self.synthetic(label)
-            if len({r["prototype_id"] for r in synth}) != len(synth):
+            if len({r.prototype_id for r in synth}) != len(synth):
                 problems.append(f"class {label}: more than one synthetic image for a prototype")
             if done and (len(protos) != cfg.ipc or len(synth) != len(protos)):
                 problems.append(f"class {label}: done with {len(protos)} prototypes and {len(synth)} synthetic images")
             for a in self.anomalies(label):
-                cands = self.candidates(a["id"])
-                per_round = Counter(r["round"] for r in cands)
+                cands = self.candidates(a.id)
+                per_round = Counter(r.round for r in cands)
                 if done and any(n != cfg.k for n in per_round.values()):
-                    problems.append(f"anomaly {a['id']}: a candidate round is incomplete ({dict(per_round)})")
-                d = self.decision(a["id"])
+                    problems.append(f"anomaly {a.id}: a candidate round is incomplete ({dict(per_round)})")
+                d = self.decision(a.id)
                 if done and d is None:
-                    problems.append(f"anomaly {a['id']}: class {label} is done but the anomaly has no decision")
-                if d is not None and d.choice == "candidate" and d.candidate_id not in {r["id"] for r in cands}:
-                    problems.append(f"anomaly {a['id']}: decision names image {d.candidate_id}, not its candidate")
+                    problems.append(f"anomaly {a.id}: class {label} is done but the anomaly has no decision")
+                if d is not None and d.choice == "candidate" and d.candidate_id not in {r.id for r in cands}:
+                    problems.append(f"anomaly {a.id}: decision names image {d.candidate_id}, not its candidate")
         files = [r[0] for r in self.db.execute("SELECT file FROM images UNION ALL SELECT file FROM prototypes")]
         files += [r[0] for r in self.db.execute("SELECT preview FROM prototypes")]
         problems += [f"missing file {f}" for f in files if not (self.path / f).is_file()]
@@ -276,8 +361,9 @@ class RunStore:
                 (status, wall_seconds, wall_seconds, label),
             )
 
-    def classes(self) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM classes ORDER BY label").fetchall()
+    def classes(self) -> list[ClassRecord]:
+        rows = self.db.execute("SELECT label, name, status, wall_seconds FROM classes ORDER BY label")
+        return [ClassRecord(*r) for r in rows]
 
     # --- prototypes ----------------------------------------------------------------------------
     def add_prototype(self, label: int, idx: int, latent: torch.Tensor, preview: torch.Tensor, n_members: int) -> int:
@@ -297,95 +383,87 @@ class RunStore:
             )
             return self.db.execute("SELECT id FROM prototypes WHERE label=? AND idx=?", (label, idx)).fetchone()[0]
 
-    def prototypes(self, label: int) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM prototypes WHERE label=? ORDER BY idx", (label,)).fetchall()
+    _PROTOTYPE = "SELECT id, label, idx, file, preview, n_members FROM prototypes"
 
-    def prototype(self, prototype_id: int) -> sqlite3.Row:
-        return self.db.execute("SELECT * FROM prototypes WHERE id=?", (prototype_id,)).fetchone()
+    def prototypes(self, label: int | None = None) -> list[PrototypeRecord]:
+        """The prototypes of ``label`` (all classes when None), by class and index."""
+        where, args = ("WHERE label=?", (label,)) if label is not None else ("", ())
+        return [_prototype(r) for r in self.db.execute(f"{self._PROTOTYPE} {where} ORDER BY label, idx", args)]
 
-    def prototype_latent(self, prototype_id: int) -> torch.Tensor:
-        return torch.from_numpy(np.load(self.path / self.prototype(prototype_id)["file"]))
+    def prototype(self, prototype_id: int) -> PrototypeRecord:
+        row = self.db.execute(f"{self._PROTOTYPE} WHERE id=?", (prototype_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"run {self.run_id} has no prototype {prototype_id}")
+        return _prototype(row)
+
+    def prototype_latent(self, prototype: int | PrototypeRecord) -> torch.Tensor:
+        p = prototype if isinstance(prototype, PrototypeRecord) else self.prototype(prototype)
+        return torch.from_numpy(np.load(self.path / p.file))
 
     # --- images --------------------------------------------------------------------------------
-    def add_image(
-        self,
-        *,
-        label: int,
-        prototype_id: int,
-        kind: str,
-        parent_id: int | None,
-        round: int,
-        position: int,
-        seed: int,
-        image: torch.Tensor,
-        confidence: float,
-        predicted: int,
-        reason: str | None,
-        feature: np.ndarray,
-        uniqueness: float | None = None,
-        score: float | None = None,
-    ) -> int:
-        tag = "s" if kind == "synthetic" else f"a{parent_id}_r{round}"
-        file = f"images/c{label}/p{prototype_id}_{tag}_{position:02d}.png"
+    def add_images(self, images: Sequence[NewImage]) -> list[int]:
+        """Store images and their rows in one transaction (PNG files first); returns the new ids."""
+        ids = []
         with self.transaction():
-            save_png(image, self.path / file)
-            cur = self.db.execute(
-                "INSERT INTO images(label, prototype_id, kind, parent_id, round, position, seed, file, confidence, "
-                "predicted, reason, uniqueness, score, feature, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    label,
-                    prototype_id,
-                    kind,
-                    parent_id,
-                    round,
-                    position,
-                    int(seed),
-                    file,
-                    float(confidence),
-                    int(predicted),
-                    reason,
-                    uniqueness,
-                    score,
-                    to_blob(feature),
-                    time.time(),
-                ),
-            )
-        return int(cur.lastrowid)
+            for im in images:
+                tag = "s" if im.kind == "synthetic" else f"a{im.parent_id}_r{im.round}"
+                file = f"images/c{im.label}/p{im.prototype_id}_{tag}_{im.position:02d}.png"
+                save_png(im.image, self.path / file)
+                cur = self.db.execute(
+                    "INSERT INTO images(label, prototype_id, kind, parent_id, round, position, seed, file, "
+                    "confidence, predicted, reason, feature, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        im.label, im.prototype_id, im.kind, im.parent_id, im.round, im.position, int(im.seed), file,
+                        float(im.confidence), int(im.predicted), im.reason, to_blob(im.feature), time.time(),
+                    ),
+                )  # fmt: skip
+                ids.append(int(cur.lastrowid))
+        return ids
 
-    def update_scores(self, image_id: int, uniqueness: float, score: float) -> None:
+    def set_scores(self, scores: Sequence[tuple[int, float, float]]) -> None:
+        """(image id, uniqueness, score) for many candidates, in one transaction."""
         with self.transaction():
-            self.db.execute(
-                "UPDATE images SET uniqueness=?, score=? WHERE id=?", (float(uniqueness), float(score), image_id)
+            self.db.executemany(
+                "UPDATE images SET uniqueness=?, score=? WHERE id=?",
+                [(float(u), float(sc), int(i)) for i, u, sc in scores],
             )
 
-    def image(self, image_id: int) -> sqlite3.Row:
-        row = self.db.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
+    def image(self, image_id: int) -> ImageRecord:
+        row = self.db.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id=?", (image_id,)).fetchone()
         if row is None:
             raise StoreError(f"run {self.run_id} has no image {image_id}")
-        return row
+        return _image(row)
 
-    def synthetic(self, label: int) -> list[sqlite3.Row]:
-        return self.db.execute(
-            "SELECT i.* FROM images i JOIN prototypes p ON p.id = i.prototype_id "
-            "WHERE i.label=? AND i.kind='synthetic' ORDER BY p.idx, i.position",
-            (label,),
-        ).fetchall()
+    def _images(self, where: str, args: tuple = (), order: str = "i.label, p.idx, i.position") -> list[ImageRecord]:
+        cols = ", ".join(f"i.{c.strip()}" for c in _IMAGE_COLUMNS.split(","))
+        q = f"SELECT {cols} FROM images i JOIN prototypes p ON p.id = i.prototype_id WHERE {where} ORDER BY {order}"
+        return [_image(r) for r in self.db.execute(q, args)]
 
-    def anomalies(self, label: int | None = None) -> list[sqlite3.Row]:
-        q = (
-            "SELECT i.* FROM images i JOIN prototypes p ON p.id = i.prototype_id "
-            "WHERE i.kind='synthetic' AND i.reason IS NOT NULL"
-        )
+    def synthetic(self, label: int | None = None) -> list[ImageRecord]:
+        """The initial images of ``label`` (all classes when None), in prototype order."""
+        if label is None:
+            return self._images("i.kind='synthetic'")
+        return self._images("i.kind='synthetic' AND i.label=?", (label,))
+
+    def anomalies(self, label: int | None = None) -> list[ImageRecord]:
+        where = "i.kind='synthetic' AND i.reason IS NOT NULL"
+        if label is None:
+            return self._images(where)
+        return self._images(where + " AND i.label=?", (label,))
+
+    def candidates(self, anomaly_id: int) -> list[ImageRecord]:
+        return self._images("i.parent_id=?", (anomaly_id,), order="i.round, i.position")
+
+    def all_candidates(self) -> list[ImageRecord]:
+        return self._images("i.kind='candidate'", order="i.id")
+
+    def candidate_counts(self, label: int | None = None) -> dict[int, int]:
+        """{anomaly id: number of candidates stored} for the anomalies of ``label`` (or all)."""
+        q = "SELECT parent_id, COUNT(*) FROM images WHERE parent_id IS NOT NULL"
         args: tuple = ()
         if label is not None:
-            q += " AND i.label=?"
-            args = (label,)
-        return self.db.execute(q + " ORDER BY i.label, p.idx, i.position", args).fetchall()
-
-    def candidates(self, anomaly_id: int) -> list[sqlite3.Row]:
-        return self.db.execute(
-            "SELECT * FROM images WHERE parent_id=? ORDER BY round, position", (anomaly_id,)
-        ).fetchall()
+            q, args = q + " AND label=?", (label,)
+        return dict(self.db.execute(q + " GROUP BY parent_id", args).fetchall())
 
     def last_round(self, anomaly_id: int) -> int:
         row = self.db.execute("SELECT MAX(round) FROM images WHERE parent_id=?", (anomaly_id,)).fetchone()
@@ -396,13 +474,21 @@ class RunStore:
         with self.transaction():
             self.db.execute("DELETE FROM images WHERE parent_id=? AND round=?", (anomaly_id, round))
 
-    def load_image(self, row: sqlite3.Row) -> torch.Tensor:
-        return load_png(self.path / row["file"])
+    def load_image(self, record: ImageRecord | PrototypeRecord) -> torch.Tensor:
+        """The pixels [C, H, W] in [0, 1] of an image, or a prototype's decoded preview."""
+        return load_png(self.path / (record.preview if isinstance(record, PrototypeRecord) else record.file))
 
     # --- decisions -----------------------------------------------------------------------------
     def decision(self, anomaly_id: int) -> Decision | None:
-        row = self.db.execute("SELECT * FROM decisions WHERE anomaly_id=?", (anomaly_id,)).fetchone()
-        return None if row is None else Decision(row["anomaly_id"], row["choice"], row["candidate_id"], row["source"])
+        row = self.db.execute(
+            "SELECT anomaly_id, choice, candidate_id, source FROM decisions WHERE anomaly_id=?", (anomaly_id,)
+        ).fetchone()
+        return None if row is None else Decision(*row)
+
+    def decisions(self) -> dict[int, Decision]:
+        """Every decision of the run: {anomaly id: decision}."""
+        rows = self.db.execute("SELECT anomaly_id, choice, candidate_id, source FROM decisions")
+        return {r[0]: Decision(*r) for r in rows}
 
     def decide(self, decision: Decision, log: bool = True) -> None:
         """Write a decision now (committed before returning) and append it to the undo log."""
@@ -420,19 +506,23 @@ class RunStore:
                     (decision.anomaly_id, before.as_json() if before else None, decision.as_json(), time.time()),
                 )
 
-    def undo_last(self) -> Decision | None:
-        """Revert the most recent logged decision; returns the decision now in force (or None)."""
+    def undo_last(self) -> Undone | None:
+        """Revert the most recent logged decision; None when the log is empty."""
         with self.transaction():
-            row = self.db.execute("SELECT * FROM decision_log ORDER BY id DESC LIMIT 1").fetchone()
+            row = self.db.execute(
+                "SELECT l.id, l.anomaly_id, l.before, i.label FROM decision_log l JOIN images i ON i.id = l.anomaly_id "
+                "ORDER BY l.id DESC LIMIT 1"
+            ).fetchone()
             if row is None:
                 return None
-            self.db.execute("DELETE FROM decision_log WHERE id=?", (row["id"],))
-            if row["before"] is None:
-                self.db.execute("DELETE FROM decisions WHERE anomaly_id=?", (row["anomaly_id"],))
-                return None
-            d = Decision(row["anomaly_id"], **json.loads(row["before"]))
+            log_id, anomaly_id, before, label = row
+            self.db.execute("DELETE FROM decision_log WHERE id=?", (log_id,))
+            if before is None:
+                self.db.execute("DELETE FROM decisions WHERE anomaly_id=?", (anomaly_id,))
+                return Undone(anomaly_id, label, None)
+            d = Decision(anomaly_id, **json.loads(before))
             self.decide(d, log=False)
-            return d
+            return Undone(anomaly_id, label, d)
 
     # --- real features (feature centre, UMAP) --------------------------------------------------
     def set_real_features(

@@ -101,13 +101,14 @@ def train_generator(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    images = (data.train.images * 2 - 1).float()
+    images = data.train.images  # the whole split as float: generator training is for small datasets
     labels = torch.from_numpy(data.train.labels)
     resolution = data.size if data.size % 4 == 0 else data.size + (-data.size % 4)
     if resolution != data.size:
         from curator.data import resize_images
 
-        images = resize_images(data.train.images, resolution, data.channels) * 2 - 1
+        images = resize_images(images, resolution, data.channels)
+    images = images * 2 - 1
     unet = build_unet(data.num_classes, resolution, data.channels, block_out_channels, layers_per_block).to(dev)
     scheduler = build_scheduler()
     ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=3 / 4)

@@ -55,7 +55,9 @@ def test_tiny_run_override_and_export_over_http(app):
     assert msg.startswith("✔ exported") and download["visible"] is True
     with zipfile.ZipFile(download["value"]) as zf:  # the client has downloaded the zip
         meta = pd.read_csv(zf.open("provenance.csv"))
-    row = meta[meta["file_name"].str.endswith(f"_{other:06d}.png")]
+    row = meta[meta["decision"] == "user"]  # files are named by provenance, not by id: match the scores
+    picked = cands[cands["candidate"] == other].iloc[0]
+    assert abs(row["confidence"].iloc[0] - float(picked["confidence"])) < 1e-3
     assert len(row) == 1 and row["decision"].iloc[0] == "user" and row["source"].iloc[0] == "refined"
     assert (meta["decision"] == "user").sum() == 1 and len(frame(preview)) == len(meta)
 

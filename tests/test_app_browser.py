@@ -161,7 +161,7 @@ def test_run_select_override_and_export_in_a_browser(browser, app, tmp_path):
         with zipfile.ZipFile(zip_path) as zf:
             meta = pd.read_csv(zf.open("provenance.csv"))
         user = meta[meta["decision"] == "user"]
-        assert len(user) == 1 and user["file_name"].iloc[0].endswith(f"_{cid:06d}.png")
+        assert len(user) == 1 and user["source"].iloc[0] == "refined"  # files are named by provenance
     except Exception:
         shot(page, "failure")
         raise

@@ -206,7 +206,7 @@ def test_cancel_stops_between_batches_and_the_run_resumes(cb, assets):
     assert not store.db.execute("SELECT COUNT(*) FROM images WHERE kind='candidate'").fetchone()[0]
     out = cb.run_class(state, 0, progress=Recorder())  # the flag is cleared when a job starts
     assert out[0].startswith("✔ done") and store.class_status(0) == "done"
-    assert len(store.candidates(store.anomalies(0)[0]["id"])) == K
+    assert len(store.candidates(store.anomalies(0)[0].id)) == K
 
 
 def test_regenerate_adds_a_round_of_k_candidates(cb, assets):

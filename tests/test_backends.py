@@ -20,9 +20,10 @@ from curator.cli import _config_from_args, build_parser
 from curator.cli import main as cli_main
 from curator.config import ConfigError, RunConfig
 from curator.detector import Detector
+from curator.engine import LocalEngine
 from curator.export import export_run
 from curator.generator import ModelFileError, PixelDiffusion
-from curator.pipeline import Pipeline, load_generator, prepare_generator
+from curator.loading import load_generator, prepare_generator
 from curator.store import RunStore, load_png
 
 torch.set_num_threads(1)
@@ -151,7 +152,7 @@ def rgb_folder(tmp_path_factory):
 
 
 def _run_and_export(tmp_path, config: RunConfig):
-    pipe = Pipeline.create(config, str(tmp_path / "runs"))
+    pipe = LocalEngine.create(config, str(tmp_path / "runs"))
     summaries = pipe.run()
     assert [s.images for s in summaries] == [config.ipc] * 2
     assert all(s.status == "done" for s in summaries)
@@ -200,12 +201,12 @@ def test_stable_diffusion_pipeline_and_export(sd_folder, detector_folder, rgb_fo
     assert set(meta["source"]) <= {"original", "refined"} and len(meta) >= 1
     # (prototype, seed, parameters) regenerates an image exactly, whatever else is in its batch
     row = pipe.store.synthetic(1)[0]
-    proto = pipe.store.prototype_latent(row["prototype_id"])
+    proto = pipe.store.prototype_latent(row.prototype_id)
     kw = dict(strength=0.7, guidance=8.0, steps=2)
-    alone = gen.generate(proto[None], [1], [row["seed"]], **kw)
-    paired = gen.generate(torch.stack([proto, proto]), [0, 1], [7, row["seed"]], batch_size=2, **kw)
+    alone = gen.generate(proto[None], [1], [row.seed], **kw)
+    paired = gen.generate(torch.stack([proto, proto]), [0, 1], [7, row.seed], batch_size=2, **kw)
     assert torch.allclose(alone[0], paired[1], atol=1e-5)
-    assert (alone[0] - load_png(pipe.store.path / row["file"])).abs().max() <= 1 / 255 + 1e-6
+    assert (alone[0] - load_png(pipe.store.path / row.file)).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_dit_pipeline_and_export(dit_folder, detector_folder, rgb_folder, tmp_path):
@@ -222,7 +223,7 @@ def test_dit_pipeline_and_export(dit_folder, detector_folder, rgb_folder, tmp_pa
     assert load_class_map("imagenette")["n03888257"] == 701
     # each image depends on its own seed only; init None samples from pure noise
     gen, kw = pipe.generator, dict(strength=0.7, guidance=4.0, steps=2)
-    proto = pipe.store.prototype_latent(pipe.store.prototypes(0)[0]["id"])
+    proto = pipe.store.prototype_latent(pipe.store.prototypes(0)[0].id)
     alone = gen.generate(proto[None], [0], [11], **kw)
     paired = gen.generate(torch.stack([proto, proto]), [1, 0], [5, 11], batch_size=2, **kw)
     assert torch.allclose(alone[0], paired[1], atol=1e-5)
@@ -276,5 +277,5 @@ def test_the_app_runs_a_stable_diffusion_folder(sd_folder, detector_folder, rgb_
     assert panel[0].startswith("✔"), panel[0]
     store = RunStore.open(state["run"])
     (row,) = store.synthetic(0)
-    assert load_png(store.path / row["file"]).shape == (3, 32, 32)
-    assert all(len(store.candidates(a["id"])) == 2 for a in store.anomalies(0))
+    assert load_png(store.path / row.file).shape == (3, 32, 32)
+    assert all(len(store.candidates(a.id)) == 2 for a in store.anomalies(0))

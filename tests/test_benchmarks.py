@@ -11,7 +11,8 @@ import torch
 from conftest import DIGITS, make_tiny_detector, make_tiny_generator
 
 from benchmarks import quality, refinement_gap, speed, uniqueness
-from curator.pipeline import Pipeline, final_set
+from curator.engine import LocalEngine
+from curator.review import final_set
 from curator.store import RunStore
 
 
@@ -72,20 +73,20 @@ def test_quality_resumes_by_skipping_finished_rows(quick_quality):
 def test_ablation_reselect_reproduces_the_pipeline_and_lambda_zero_takes_the_most_confident(quick_quality, mnist):
     argv, _ = quick_quality
     path = _run(argv)
-    pipe = Pipeline(RunStore.open(path), data=mnist)
+    pipe = LocalEngine(RunStore.open(path), data=mnist)
     anomalies = pipe.store.anomalies()
     assert anomalies, "the tiny random detector should flag anomalies"
     for label in range(10):
-        ids = {r["id"] for r in quality.reselect(pipe, label, pipe.config.lam)}
-        assert ids == {item["row"]["id"] for item in final_set(pipe.store, label)}
+        ids = {r.id for r in quality.reselect(pipe, label, pipe.config.lam)}
+        assert ids == {item.image.id for item in final_set(pipe.store, label)}
     resolved = 0
     for label in range(10):
-        picked = {r["id"] for r in quality.reselect(pipe, label, 0.0)}
+        picked = {r.id for r in quality.reselect(pipe, label, 0.0)}
         for a in pipe.store.anomalies(label):
-            ok = [c for c in pipe.store.candidates(a["id"]) if c["predicted"] == label]
+            ok = [c for c in pipe.store.candidates(a.id) if c.predicted == label]
             if ok:
-                best = max(ok, key=lambda c: c["confidence"])
-                assert best["id"] in picked
+                best = max(ok, key=lambda c: c.confidence)
+                assert best.id in picked
                 resolved += 1
     pipe.store.close()
     assert resolved > 0
@@ -101,7 +102,7 @@ def test_refinement_gap_quick_trains_each_variant_set_and_reports_the_gain(quick
     refine_all = next(r for r in rows if r["variant"] == "refine_all")
     assert int(refine_all["anomalies"]) == 10  # tau 1.0: every image of 10 classes at IPC 1 is an anomaly
     store = RunStore.open(_run(argv, "refine_all"))
-    assert store.config.tau == 1.0 and all(store.candidates(a["id"]) for a in store.anomalies())
+    assert store.config.tau == 1.0 and all(store.candidates(a.id) for a in store.anomalies())
     store.close()
     default = {r["method"]: float(r["top1"]) for r in _rows(work)}
     gain = 100 * (default["refined"] - default["unrefined"])
@@ -132,7 +133,7 @@ def test_uniqueness_quick_one_row_per_selection_and_one_student_per_distinct_set
     assert by["global"]["picks_differ"] == "0" and by["unrefined"]["uniq_median"] == ""
     assert int(by["unrefined"]["anomalies"]) > 0  # the tiny random detector flags anomalies
     # each row's set is the re-selection on the stored candidates with its centre and lambda
-    pipe = Pipeline(RunStore.open(_run(argv)), data=mnist)
+    pipe = LocalEngine(RunStore.open(_run(argv)), data=mnist)
     for name in ("global", "class", "lam1"):
         centre, lam = uniqueness.SELECTIONS[name]
         ids = [r for c in range(10) for r in quality.reselect(pipe, c, lam, centre)]
@@ -181,3 +182,54 @@ def test_speed_quick_measures_throughput_and_a_run(tmp_path, models):
     assert run["pipeline_efficiency"] > 0 and run["refinement_overhead"] > 0
     report = (tmp_path / "SPEED.md").read_text()
     assert "pipeline efficiency >= 0.8" in report and "Quick mode" in report
+
+
+def test_scale_quick_measures_peak_rss_per_size_and_the_engines_in_fresh_processes(tmp_path, models):
+    from benchmarks import scale
+
+    argv = ["--quick", "--generator", str(models[0]), "--detector", str(models[1]), "--work", str(tmp_path)]
+    assert scale.main(argv) == 0
+    result = json.loads((tmp_path / "quick" / "scale.json").read_text())
+    rows = result["rows"]
+    assert [r["factor"] for r in rows] == [1, 2] and [r["images"] for r in rows] == [200, 400]
+    for r in rows:
+        for mode in scale.MODES:
+            m = r[mode]
+            assert m["images"] == r["images"] and m["train_images"] == r["images"] * 4 // 5
+            assert m["peak_rss"] >= m["baseline_rss"] > 0
+    assert set(result["growth_ratio"]) == set(scale.MODES)
+    # the folders: each image `factor` times per class, built once and reused
+    folder = tmp_path / "quick" / "scale" / "2x"
+    assert sorted(len(list((folder / str(c)).glob("*.png"))) for c in range(10)) == [40] * 10
+    stamp = (folder / ".complete").stat().st_mtime_ns
+    assert scale.build_folder(tmp_path / "quick" / "scale", 2, 20) == folder
+    assert (folder / ".complete").stat().st_mtime_ns == stamp
+    # the engines: local and Ray with one worker, each a CLI process, the same run
+    eng = result["engines"]
+    runs = eng["runs"]
+    assert [(r["name"], r["engine"], r["workers"]) for r in runs] == [("local", "local", None), ("ray-1", "ray", 1)]
+    for r in runs:
+        assert r["differs"] == [] and r["classes"] == 2 and r["groups"] == 1 and r["synthetic"] == 4
+        assert r["images_generated"] == 4 + 2 * r["anomalies"] == 4 + r["candidates"]  # K = 2, one round
+        assert 0 < r["stage_wall"] <= r["cli_wall"] < r["process_wall"]
+        assert all(v >= 0 for v in r["phases"].values()) and r["phases"]["startup"] > 0
+        assert sum(r["phases"].values()) == pytest.approx(r["process_wall"])
+    assert runs[0]["phases"]["centres"] < runs[1]["phases"]["centres"]  # the worker loads the models first
+    c = eng["costs"]
+    assert c["fixed"] == pytest.approx(c["ray_start"] + c["worker_start"] + c["shutdown"])
+    assert c["total"] == pytest.approx(runs[1]["process_wall"] - runs[0]["process_wall"])
+    u, proj = eng["unit_costs"], eng["projection"]
+    assert [(p["ipc"], p["workers"]) for p in proj] == [(10, 1), (10, 8), (10, 64), (50, 1), (50, 8), (50, 64)]
+    for p in proj:
+        assert p["images"] == pytest.approx(1000 * p["ipc"] * (1 + 2 * u["anomaly_rate"]))
+        assert p["waves"] == -(-p["groups"] // p["workers"]) and p["ideal_hours"] <= p["core_hours"] + c["fixed"] / 3600
+    report = (tmp_path / "quick" / "SCALE.md").read_text()
+    assert "Quick mode" in report and "| 1x | 200 |" in report and "| 2x | 400 |" in report
+    assert "ratio" in report and "python -m benchmarks.scale --quick" in report
+    assert "## Engines: local against Ray" in report and "| `ray-1` |" in report and "**identical**" in report
+    assert "OMP_NUM_THREADS=1" in report and "### Projection: ImageNet-1K (1,000 classes)" in report
+    # a part left out is kept from scale.json as it was
+    assert scale.main([*argv, "--parts", "rss", "--factors", "1", "--modes", "streaming"]) == 0
+    again = json.loads((tmp_path / "quick" / "scale.json").read_text())
+    assert again["engines"] == eng and [r["factor"] for r in again["rows"]] == [1]
+    assert "## Engines: local against Ray" in (tmp_path / "quick" / "SCALE.md").read_text()

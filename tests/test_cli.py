@@ -138,14 +138,14 @@ def test_resume_after_the_process_is_killed_mid_class(tmp_path):
     proc.wait()
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
-    before = {r["id"]: (r["file"], r["seed"]) for r in con.execute("SELECT * FROM images")}
+    before = {r[0]: (r[1], r[2]) for r in con.execute("SELECT id, file, seed FROM images")}
     running = con.execute("SELECT label FROM classes WHERE status='running'").fetchone()[0]
     done_before = [r[0] for r in con.execute("SELECT label FROM classes WHERE status='done'")]
     # a person decides on an anomaly that already has candidates, before resuming
     anomaly = con.execute("SELECT parent_id FROM images WHERE kind='candidate' LIMIT 1").fetchone()[0]
     cand = con.execute("SELECT MAX(id) FROM images WHERE parent_id=?", (anomaly,)).fetchone()[0]
     con.close()
-    from curator.pipeline import user_decide
+    from curator.review import user_decide
     from curator.store import RunStore
 
     store = RunStore.open(db.parent)
@@ -154,8 +154,8 @@ def test_resume_after_the_process_is_killed_mid_class(tmp_path):
     res = curator("run", "--resume", str(db.parent))
     assert res.returncode == 0, res.stderr
     store = RunStore.open(db.parent)
-    assert [r["status"] for r in store.classes()[:2]] == ["done", "done"]
-    after = {r["id"]: (r["file"], r["seed"]) for r in store.db.execute("SELECT * FROM images")}
+    assert [r.status for r in store.classes()[:2]] == ["done", "done"]
+    after = {r.id: (r.file, r.seed) for r in store.synthetic() + store.all_candidates()}
     kept = [i for i in before if before[i] == after.get(i)]
     assert len(kept) == len(before), "rows written before the kill were redone or lost"
     d = store.decision(anomaly)
@@ -163,4 +163,4 @@ def test_resume_after_the_process_is_killed_mid_class(tmp_path):
     assert running not in done_before
     assert len(store.synthetic(running)) == 4
     for a in store.anomalies():
-        assert len(store.candidates(a["id"])) == 8
+        assert len(store.candidates(a.id)) == 8

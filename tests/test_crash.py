@@ -23,9 +23,9 @@ from benchmarks.crash import RUN_ID, crash_sweep, export_bytes, run_cli, tiny_se
 from curator import store as store_module
 from curator.cli import main as cli_main
 from curator.config import RunConfig
+from curator.engine import LocalEngine
 from curator.errors import StoreError
-from curator.pipeline import Pipeline
-from curator.store import RunStore
+from curator.store import NewImage, RunStore
 
 
 @pytest.fixture
@@ -67,15 +67,15 @@ def test_partly_saved_real_features_are_recomputed_not_used(tmp_path, mnist, tin
     must centre on every class's features after the resume, not on the classes that were saved."""
     cfg = RunConfig(ipc=3, k=4, steps=3, strength=0.6, tau=1.0, classes=["0", "1"], batch_size=8, real_sample=5)
 
-    def scores(pipe: Pipeline) -> list[tuple]:
+    def scores(pipe: LocalEngine) -> list[tuple]:
         pipe.run()
-        rows = [c for a in pipe.store.anomalies() for c in pipe.store.candidates(a["id"])]
-        picks = [pipe.store.decision(a["id"]).candidate_id for a in pipe.store.anomalies()]
-        return [(r["uniqueness"], r["score"]) for r in rows] + picks
+        rows = [c for a in pipe.store.anomalies() for c in pipe.store.candidates(a.id)]
+        picks = [pipe.store.decision(a.id).candidate_id for a in pipe.store.anomalies()]
+        return [(r.uniqueness, r.score) for r in rows] + picks
 
-    whole = Pipeline.create(cfg, str(tmp_path / "a"), data=mnist, generator=tiny_generator, detector=tiny_detector)
+    whole = LocalEngine.create(cfg, str(tmp_path / "a"), data=mnist, generator=tiny_generator, detector=tiny_detector)
     want = scores(whole)
-    killed = Pipeline.create(cfg, str(tmp_path / "b"), data=mnist, generator=tiny_generator, detector=tiny_detector)
+    killed = LocalEngine.create(cfg, str(tmp_path / "b"), data=mnist, generator=tiny_generator, detector=tiny_detector)
     _, idx, feats = whole.store.real_features(0)
     with killed.store.transaction() as db:  # what the old per-class commits left behind: class 0 only
         db.executemany(
@@ -115,15 +115,15 @@ def test_the_schema_refuses_a_second_synthetic_image_per_prototype(small, refere
     store = RunStore.open(run)
     row = store.synthetic(0)[0]
     twin = dict(
-        label=0, prototype_id=row["prototype_id"], kind="synthetic", parent_id=None, round=0, position=0,
+        label=0, prototype_id=row.prototype_id, kind="synthetic", parent_id=None, round=0, position=0,
         seed=1, image=store.load_image(row), confidence=0.5, predicted=0, reason=None,
         feature=np.zeros(4, np.float32),
     )  # fmt: skip
     with pytest.raises(sqlite3.IntegrityError):
-        store.add_image(**twin)
+        store.add_images([NewImage(**twin)])
     # A database written before the rule existed, holding twins, is refused with one line.
     store.db.execute("DROP INDEX one_synthetic_per_prototype")
-    store.add_image(**twin)
+    store.add_images([NewImage(**twin)])
     store.close()
     with pytest.raises(StoreError, match="duplicate rows"):
         RunStore.open(run)

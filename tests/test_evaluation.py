@@ -10,6 +10,7 @@ from conftest import make_tiny_detector, make_tiny_generator, write_image_folder
 from curator.cli import main
 from curator.config import RunConfig
 from curator.data import DataError, load_dataset
+from curator.engine import LocalEngine
 from curator.evaluation import (
     ConvNet,
     augment,
@@ -20,7 +21,7 @@ from curator.evaluation import (
     train_student,
 )
 from curator.export import export_run
-from curator.pipeline import Pipeline, final_set
+from curator.review import final_set
 
 CLASSES = {"a": 10, "b": 10, "c": 10}
 
@@ -40,7 +41,7 @@ def tiny_run(tmp_path_factory, split_folder):
     names = sorted(CLASSES)
     cfg = RunConfig(data=str(split_folder), ipc=2, k=3, steps=2, device="cpu")
     gen, det = make_tiny_generator(names, 20), make_tiny_detector(names, 20)
-    pipe = Pipeline.create(cfg, str(tmp_path_factory.mktemp("runs")), "r1", generator=gen, detector=det)
+    pipe = LocalEngine.create(cfg, str(tmp_path_factory.mktemp("runs")), "r1", generator=gen, detector=det)
     pipe.run()
     return pipe.store
 
@@ -111,7 +112,7 @@ def test_run_and_its_export_evaluate_the_same_curated_set(tmp_path, tiny_run):
     run_set = load_eval_set(tiny_run.path)
     curated = [item for c in range(3) for item in final_set(tiny_run, c)]
     assert run_set.source == "run" and len(run_set.images) == len(curated)
-    assert run_set.labels.tolist() == [item["row"]["label"] for item in curated]
+    assert run_set.labels.tolist() == [item.image.label for item in curated]
     assert len(run_set.test) == 18  # the run's dataset's test/ folder
     exp_set = load_eval_set(export_run(tiny_run, tmp_path / "export"))
     assert exp_set.source == "export"

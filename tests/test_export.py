@@ -14,8 +14,9 @@ from torchvision.datasets import ImageFolder
 
 from curator.cli import main as cli_main
 from curator.config import RunConfig
+from curator.engine import LocalEngine
 from curator.export import COLUMNS, FORMAT, METADATA, PROVENANCE, UnfinishedRunError, export_run, hf_features
-from curator.pipeline import Pipeline, final_set, user_decide
+from curator.review import final_set, user_decide
 
 
 def _config() -> RunConfig:
@@ -25,14 +26,14 @@ def _config() -> RunConfig:
 def keep_first_anomaly(store, labels):
     """The random tiny detector flags every image and accepts no candidate: keep one original per class."""
     for label in labels:
-        user_decide(store, store.anomalies(label)[0]["id"], "original")
+        user_decide(store, store.anomalies(label)[0].id, "original")
     return store
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, mnist, tiny_generator, tiny_detector):
     root = tmp_path_factory.mktemp("runs")
-    pipe = Pipeline.create(_config(), str(root), data=mnist, generator=tiny_generator, detector=tiny_detector)
+    pipe = LocalEngine.create(_config(), str(root), data=mnist, generator=tiny_generator, detector=tiny_detector)
     pipe.run()
     return keep_first_anomaly(pipe.store, [0, 1])
 
@@ -41,7 +42,7 @@ def finished_run(tmp_path_factory, mnist, tiny_generator, tiny_detector):
 def half_run(tmp_path_factory, mnist, tiny_generator, tiny_detector):
     """A run killed after its first class: class "1" is not finished."""
     root = tmp_path_factory.mktemp("runs")
-    pipe = Pipeline.create(_config(), str(root), data=mnist, generator=tiny_generator, detector=tiny_detector)
+    pipe = LocalEngine.create(_config(), str(root), data=mnist, generator=tiny_generator, detector=tiny_detector)
     pipe.run([0])
     return keep_first_anomaly(pipe.store, [0])
 
@@ -58,7 +59,7 @@ def hidden(parent: Path) -> list[str]:
 def test_export_round_trip_through_torchvision(tmp_path, finished_run):
     store = finished_run
     a = store.anomalies(1)[1]
-    user_decide(store, a["id"], "candidate", store.candidates(a["id"])[0]["id"])
+    user_decide(store, a.id, "candidate", store.candidates(a.id)[0].id)
     out = export_run(store, tmp_path / "export", make_zip=True)
     assert out == tmp_path / "export.zip" and zipfile.is_zipfile(out)
     folder = tmp_path / "export"

@@ -6,14 +6,15 @@ import torch
 
 from curator.config import RunConfig
 from curator.data import DataError
-from curator.pipeline import Cancelled, Pipeline, final_set, summarize, user_decide
+from curator.engine import Cancelled, LocalEngine
+from curator.review import final_set, summarize, user_decide
 from curator.store import RunStore, StoreError, load_png
 
 
 def make_pipeline(tmp_path, mnist, gen, det, **overrides):
     cfg = dict(ipc=3, k=4, steps=3, strength=0.6, tau=0.9, classes=["0", "1"], batch_size=8, real_sample=5)
     cfg.update(overrides)
-    return Pipeline.create(RunConfig(**cfg), str(tmp_path / "runs"), data=mnist, generator=gen, detector=det)
+    return LocalEngine.create(RunConfig(**cfg), str(tmp_path / "runs"), data=mnist, generator=gen, detector=det)
 
 
 def test_a_run_stores_every_stage_with_provenance(tmp_path, mnist, tiny_generator, tiny_detector):
@@ -28,22 +29,22 @@ def test_a_run_stores_every_stage_with_provenance(tmp_path, mnist, tiny_generato
         synth = store.synthetic(label)
         assert len(synth) == 3 and len(store.prototypes(label)) == 3
         for row in synth:
-            assert (store.path / row["file"]).is_file()
-            assert 0 <= row["confidence"] <= 1
+            assert (store.path / row.file).is_file()
+            assert 0 <= row.confidence <= 1
         for a in store.anomalies(label):
-            cands = store.candidates(a["id"])
+            cands = store.candidates(a.id)
             assert len(cands) == 4
-            assert {c["prototype_id"] for c in cands} == {a["prototype_id"]}
-            assert {c["label"] for c in cands} == {label}
-            assert len({c["seed"] for c in cands}) == 4
-            d = store.decision(a["id"])
+            assert {c.prototype_id for c in cands} == {a.prototype_id}
+            assert {c.label for c in cands} == {label}
+            assert len({c.seed for c in cands}) == 4
+            d = store.decision(a.id)
             assert d.source == "auto"
             if d.choice == "candidate":
                 picked = store.image(d.candidate_id)
-                assert picked["predicted"] == label  # never a label-inconsistent pick
+                assert picked.predicted == label  # never a label-inconsistent pick
             else:
                 assert d.choice == "unresolved"
-                assert all(c["predicted"] != label for c in cands)
+                assert all(c.predicted != label for c in cands)
     s = summaries[0]
     assert s.anomalies == len(store.anomalies(0))
     assert s.resolved_auto + s.unresolved == s.anomalies
@@ -53,7 +54,7 @@ def test_anomalies_follow_tau(tmp_path, mnist, tiny_generator, tiny_detector):
     none = make_pipeline(tmp_path / "a", mnist, tiny_generator, tiny_detector, tau=0.0, k=1)
     everything = make_pipeline(tmp_path / "b", mnist, tiny_generator, tiny_detector, tau=1.0, k=1)
     none.run(), everything.run()
-    mismatches = sum(r["predicted"] != r["label"] for lab in (0, 1) for r in none.store.synthetic(lab))
+    mismatches = sum(r.predicted != r.label for lab in (0, 1) for r in none.store.synthetic(lab))
     assert len(none.store.anomalies()) == mismatches
     assert len(everything.store.anomalies()) == 6
 
@@ -62,12 +63,12 @@ def test_exact_regeneration_from_stored_seed_and_prototype(tmp_path, mnist, tiny
     pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
     pipe.run()
     store, cfg = pipe.store, pipe.config
-    for row in [store.synthetic(0)[1], store.candidates(store.anomalies(1)[0]["id"])[2]]:
-        init = store.prototype_latent(row["prototype_id"])[None]
+    for row in [store.synthetic(0)[1], store.candidates(store.anomalies(1)[0].id)[2]]:
+        init = store.prototype_latent(row.prototype_id)[None]
         again = tiny_generator.generate(
-            init, [row["label"]], [row["seed"]], strength=cfg.strength, guidance=cfg.guidance, steps=cfg.steps
+            init, [row.label], [row.seed], strength=cfg.strength, guidance=cfg.guidance, steps=cfg.steps
         )
-        stored = load_png(store.path / row["file"])
+        stored = load_png(store.path / row.file)
         assert (again[0] - stored).abs().max() <= 1 / 255 + 1e-6
 
 
@@ -76,30 +77,31 @@ def test_user_decisions_undo_and_regenerate(tmp_path, mnist, tiny_generator, tin
     pipe.run()
     store = pipe.store
     a = store.anomalies(0)[0]
-    cands = store.candidates(a["id"])
-    auto = store.decision(a["id"])
-    user_decide(store, a["id"], "candidate", cands[-1]["id"])
-    assert store.decision(a["id"]).source == "user"
-    user_decide(store, a["id"], "drop")
-    assert a["id"] not in [f["row"]["id"] for f in final_set(store, 0)]
-    assert store.undo_last().choice == "candidate"
-    assert store.undo_last() == auto  # undoing the first user decision restores the automatic one
-    assert store.decision(a["id"]) == auto
+    cands = store.candidates(a.id)
+    auto = store.decision(a.id)
+    user_decide(store, a.id, "candidate", cands[-1].id)
+    assert store.decision(a.id).source == "user"
+    user_decide(store, a.id, "drop")
+    assert a.id not in [f.image.id for f in final_set(store, 0)]
+    undone = store.undo_last()
+    assert (undone.anomaly_id, undone.label, undone.now.choice) == (a.id, 0, "candidate")
+    assert store.undo_last().now == auto  # undoing the first user decision restores the automatic one
+    assert store.decision(a.id) == auto
     assert store.undo_last() is None  # nothing left to undo
     with pytest.raises(StoreError, match="not a candidate"):
-        user_decide(store, a["id"], "candidate", store.synthetic(1)[0]["id"])
-    user_decide(store, a["id"], "original")
-    round_ = pipe.regenerate(a["id"])
-    assert round_ == 2 and len(store.candidates(a["id"])) == 8
-    assert store.decision(a["id"]).choice == "original"  # a person's decision survives rescoring
+        user_decide(store, a.id, "candidate", store.synthetic(1)[0].id)
+    user_decide(store, a.id, "original")
+    round_ = pipe.regenerate(a.id)
+    assert round_ == 2 and len(store.candidates(a.id)) == 8
+    assert store.decision(a.id).choice == "original"  # a person's decision survives rescoring
     assert summarize(store, [0])[0].overridden == 1
 
 
 def test_resume_after_cancel_mid_class_keeps_finished_work(tmp_path, mnist, tiny_generator, tiny_detector):
     pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
     pipe.run_class(0)
-    before = {r["id"]: (r["file"], r["created"]) for r in pipe.store.db.execute("SELECT * FROM images")}
-    wall0 = pipe.store.classes()[0]["wall_seconds"]
+    before = {r.id: (r.file, r.seed, r.confidence) for r in pipe.store.synthetic() + pipe.store.all_candidates()}
+    wall0 = pipe.store.classes()[0].wall_seconds
     calls = {"n": 0}
 
     def cancel_in_refinement() -> bool:
@@ -111,12 +113,12 @@ def test_resume_after_cancel_mid_class_keeps_finished_work(tmp_path, mnist, tiny
         pipe.run_class(1)
     assert pipe.store.class_status(1) == "running"
     pipe.store.close()  # the cancelled job lets go of the run (and its writer lock)
-    resumed = Pipeline(RunStore.open(pipe.store.path), data=mnist, generator=tiny_generator, detector=tiny_detector)
+    resumed = LocalEngine(RunStore.open(pipe.store.path), data=mnist, generator=tiny_generator, detector=tiny_detector)
     summaries = resumed.run()
     assert [s.status for s in summaries] == ["done", "done"]
-    after = {r["id"]: (r["file"], r["created"]) for r in resumed.store.db.execute("SELECT * FROM images")}
+    after = {r.id: (r.file, r.seed, r.confidence) for r in resumed.store.synthetic() + resumed.store.all_candidates()}
     assert all(after[i] == v for i, v in before.items())  # class 0 untouched
-    assert resumed.store.classes()[0]["wall_seconds"] == wall0
+    assert resumed.store.classes()[0].wall_seconds == wall0
     assert len(resumed.store.synthetic(1)) == 3
 
 
@@ -172,16 +174,16 @@ def test_run_batches_across_classes_and_matches_one_class_at_a_time(tmp_path, mn
     alone.run_class(0)
     for label in (0, 1):
         a, b = together.store.synthetic(label), alone.store.synthetic(label)
-        assert [r["seed"] for r in a] == [r["seed"] for r in b]
+        assert [r.seed for r in a] == [r.seed for r in b]
         for ra, rb in zip(a, b):
-            diff = load_png(together.store.path / ra["file"]) - load_png(alone.store.path / rb["file"])
+            diff = load_png(together.store.path / ra.file) - load_png(alone.store.path / rb.file)
             assert diff.abs().max() <= 1 / 255 + 1e-6
-            pa = together.store.candidates(ra["id"])
-            pb = alone.store.candidates(rb["id"])
-            assert [c["seed"] for c in pa] == [c["seed"] for c in pb]
-        assert together.store.class_status(label) == "done" and together.store.classes()[label]["wall_seconds"] > 0
+            pa = together.store.candidates(ra.id)
+            pb = alone.store.candidates(rb.id)
+            assert [c.seed for c in pa] == [c.seed for c in pb]
+        assert together.store.class_status(label) == "done" and together.store.classes()[label].wall_seconds > 0
         picks = []
         for store in (together.store, alone.store):
-            decisions = [store.decision(a["id"]) for a in store.anomalies(label)]
+            decisions = [store.decision(a.id) for a in store.anomalies(label)]
             picks.append([store.image(d.candidate_id)["position"] if d.candidate_id else d.choice for d in decisions])
         assert picks[0] == picks[1]

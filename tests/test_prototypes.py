@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from curator.data import DataError
-from curator.prototypes import class_prototypes, nearest_to_prototypes
+from curator.prototypes import class_prototypes, encode_class, nearest_to_prototypes
 
 
 def test_prototypes_are_deterministic_and_ordered_by_cluster_size(mnist, tiny_generator):
@@ -29,3 +29,23 @@ def test_nearest_real_images_are_distinct():
     latents = torch.tensor([[0.0], [0.1], [5.0], [5.1]]).view(4, 1, 1, 1)
     centres = torch.tensor([[0.0], [0.05]]).view(2, 1, 1, 1)
     assert sorted(nearest_to_prototypes(latents, centres).tolist()) == [0, 1]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 256, 1000])
+def test_encode_class_streams_the_class_and_equals_encoding_it_whole(mnist, tiny_generator, batch_size):
+    images = mnist.train.subset(np.arange(0, 4000, 3))  # 1334 rows, about 133 of class 3
+    streamed = encode_class(tiny_generator, images, 3, batch_size)
+    assert torch.equal(streamed, tiny_generator.encode(images.of_class(3)))
+
+
+def test_encode_class_reads_one_batch_at_a_time(mnist, tiny_generator):
+    seen = []
+
+    class Recording:
+        def encode(self, images):
+            seen.append(len(images))
+            return tiny_generator.encode(images)
+
+    latents = encode_class(Recording(), mnist.train, 5, batch_size=150)
+    assert seen == [150, 150, 100] and len(latents) == 400
+    assert tuple(encode_class(tiny_generator, mnist.train, 11).shape) == (0, 1, 28, 28)  # no such class

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from curator.config import RunConfig
-from curator.pipeline import Pipeline
+from curator.engine import LocalEngine
 from curator.quality import label_consistency
 from curator.scoring import select_greedy
 
@@ -12,7 +12,7 @@ from curator.scoring import select_greedy
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, mnist, shipped_generator, shipped_detector):
     """The default run (all classes, IPC 10, K 20, default parameters) on the shipped models."""
-    pipe = Pipeline.create(
+    pipe = LocalEngine.create(
         RunConfig(),
         str(tmp_path_factory.mktemp("runs")),
         data=mnist,
@@ -37,19 +37,19 @@ def test_plain_samples_meet_the_quality_bar(shipped_generator, shipped_detector)
 
 def test_prototype_guided_samples_meet_the_quality_bar(default_run):
     synth = [r for label in range(10) for r in default_run.store.synthetic(label)]
-    share = np.mean([r["predicted"] == r["label"] for r in synth])
+    share = np.mean([r.predicted == r.label for r in synth])
     assert len(synth) == 100 and share >= 0.9
 
 
 def test_every_anomaly_is_resolved_or_honestly_unresolved(default_run):
     store = default_run.store
     for a in store.anomalies():
-        d = store.decision(a["id"])
+        d = store.decision(a.id)
         if d.choice == "candidate":
-            assert store.image(d.candidate_id)["predicted"] == a["label"]
+            assert store.image(d.candidate_id).predicted == a.label
         else:
             assert d.choice == "unresolved"
-            assert all(c["predicted"] != a["label"] for c in store.candidates(a["id"]))
+            assert all(c.predicted != a.label for c in store.candidates(a.id))
 
 
 def test_lambda_zero_and_one_pick_differently_on_the_default_run(default_run):
@@ -60,12 +60,12 @@ def test_lambda_zero_and_one_pick_differently_on_the_default_run(default_run):
         anomalies = store.anomalies(label)
         if not anomalies:
             continue
-        cands = [store.candidates(a["id"]) for a in anomalies]
-        pool = {label: pipe.normalized([r for r in store.synthetic(label) if r["reason"] is None])}
+        cands = [store.candidates(a.id) for a in anomalies]
+        pool = {label: pipe.normalized([r for r in store.synthetic(label) if r.reason is None])}
         args = (
             [label] * len(anomalies),
-            [[c["confidence"] for c in cs] for cs in cands],
-            [[c["predicted"] for c in cs] for cs in cands],
+            [[c.confidence for c in cs] for cs in cands],
+            [[c.predicted for c in cs] for cs in cands],
             [pipe.normalized(cs) for cs in cands],
             pool,
         )

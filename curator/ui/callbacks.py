@@ -27,9 +27,11 @@ import pandas as pd
 
 from curator.config import ASSETS, DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.embedding import run_embedding
+from curator.engine import Cancelled, LocalEngine, ProgressFn
 from curator.errors import USER_ERRORS
 from curator.export import export_run, unfinished_classes
-from curator.pipeline import Cancelled, Pipeline, Progress, user_decide
+from curator.loading import resolve_config
+from curator.review import user_decide
 from curator.store import Decision, RunStore
 from curator.ui import jobs, resources
 from curator.ui.plots import umap_figure
@@ -116,7 +118,7 @@ def _float(value, name: str) -> float:
         raise UIError(f"{name} must be a number, got {value!r}") from exc
 
 
-def _progress_fn(progress, names: list[str]) -> Progress:
+def _progress_fn(progress, names: list[str]) -> ProgressFn:
     """Adapt the pipeline's ``(stage, done, total, label)`` to ``gr.Progress``."""
 
     def report(stage: str, done: int, total: int, label: int | None) -> None:
@@ -157,7 +159,7 @@ class Callbacks:
         return lab
 
     def _class_choices(self, store: RunStore) -> list[tuple[str, int]]:
-        return [(f"{r['label']}: {r['name']} ({r['status']})", r["label"]) for r in store.classes()]
+        return [(f"{r.label}: {r.name} ({r.status})", r.label) for r in store.classes()]
 
     def _run_info(self, store: RunStore) -> str:
         cfg = store.config
@@ -283,10 +285,7 @@ class Callbacks:
         ``uniqueness_centre`` ("class" or "global") comes last so that older callers keep working;
         None = the RunConfig default."""
         generator, detector = self._model_paths(model_source, gen_path, det_path)
-        config = RunConfig(
-            data="mnist5k",
-            generator=generator,
-            detector=detector,
+        values = dict(
             ipc=_int(ipc, "IPC"),
             k=_int(k, "K"),
             tau=_float(tau, "tau"),
@@ -296,10 +295,17 @@ class Callbacks:
             guidance=_float(guidance, "guidance"),
             seed=_int(seed, "seed"),
             uniqueness_centre=uniqueness_centre or RunConfig.uniqueness_centre,
-        ).validate()
-        config.data = self._dataset_spec(data_source, folder, upload)
+        )
+        RunConfig(generator=generator, detector=detector, **values).validate()  # ranges first, then the data
+        # Fields left at RunConfig's defaults take the generator backend's (guidance 8 for Stable
+        # Diffusion, ...): the same resolver as the CLI's.
+        defaults = RunConfig()
+        given = {k: v for k, v in values.items() if v != getattr(defaults, k)}
+        config = resolve_config(generator, detector=detector, data=self._dataset_spec(data_source, folder, upload),
+                                **given)  # fmt: skip
         data, gen, det = resources.components(config)
-        pipe = Pipeline.create(config, str(self.settings.runs_dir), data=data, generator=gen, detector=det)
+        # Creating a run only checks and stores it; the jobs run it on the app's engine (``jobs.run_job``).
+        pipe = LocalEngine.create(config, str(self.settings.runs_dir), data=data, generator=gen, detector=det)
         try:
             skipped = f" ({len(data.skipped)} unreadable files skipped)" if data.skipped else ""
             msg = ok(
@@ -387,10 +393,10 @@ class Callbacks:
         with self._store(state) as store:
             aid = _int(anomaly_id, "anomaly id")
             row = store.image(aid)
-            if row["kind"] != "synthetic" or row["reason"] is None:
-                what = "passed inspection" if row["kind"] == "synthetic" else "is a candidate"
+            if row.kind != "synthetic" or row.reason is None:
+                what = "passed inspection" if row.kind == "synthetic" else "is a candidate"
                 raise UIError(f"image #{aid} is not an anomaly (it {what})")
-            return self.panel(store, row["label"], aid)
+            return self.panel(store, row.label, aid)
 
     @guarded(PANEL_SIZE)
     def select_class_image(self, state: dict | None, label, evt: gr.SelectData) -> tuple:
@@ -398,11 +404,11 @@ class Callbacks:
             lab = self._label(store, label)
             rows = store.synthetic(lab)
             r = rows[evt.index if isinstance(evt.index, int) else evt.index[0]]
-            if r["reason"] is None:
-                return (ok(f"image #{r['id']} passed inspection (confidence {r['confidence']:.3f})"),) + tuple(
+            if r.reason is None:
+                return (ok(f"image #{r.id} passed inspection (confidence {r.confidence:.3f})"),) + tuple(
                     gr.skip() for _ in range(PANEL_SIZE - 1)
                 )
-            return self.panel(store, lab, r["id"])
+            return self.panel(store, lab, r.id)
 
     @guarded(PANEL_SIZE)
     def select_anomaly_row(self, state: dict | None, label, table, evt: gr.SelectData) -> tuple:
@@ -435,7 +441,7 @@ class Callbacks:
             cands = store.candidates(_int(anomaly_id, "anomaly id"))
             i = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
             c = cands[int(i)]
-            return ok(f"candidate #{c['id']} selected: press “Use selected candidate” to choose it"), c["id"]
+            return ok(f"candidate #{c.id} selected: press “Use selected candidate” to choose it"), c.id
 
     @guarded(PANEL_SIZE)
     def decide(self, state: dict | None, label, anomaly_id, candidate_id, action: str) -> tuple:
@@ -443,7 +449,7 @@ class Callbacks:
         with self._store(state) as store:
             aid = _int(anomaly_id, "anomaly id")
             a = store.image(aid)
-            lab = a["label"]
+            lab = a.label
             if action == "accept":
                 pick = auto_pick(store.candidates(aid), lab)
                 if pick is None:
@@ -468,13 +474,13 @@ class Callbacks:
     @guarded(PANEL_SIZE)
     def undo(self, state: dict | None, label, anomaly_id) -> tuple:
         with self._store(state) as store:
-            row = store.db.execute("SELECT anomaly_id FROM decision_log ORDER BY id DESC LIMIT 1").fetchone()
-            if row is None:
+            undone = store.undo_last()
+            if undone is None:
                 raise UIError("nothing to undo")
-            d = store.undo_last()
-            aid = row[0]
-            lab = store.image(aid)["label"]
-            return self.panel(store, lab, aid, message=ok(f"undone: #{aid} is back to {d.choice if d else 'pending'}"))
+            aid, d = undone.anomaly_id, undone.now
+            return self.panel(
+                store, undone.label, aid, message=ok(f"undone: #{aid} is back to {d.choice if d else 'pending'}")
+            )
 
     @guarded(PANEL_SIZE)
     def regenerate(self, state: dict | None, label, anomaly_id, progress=gr.Progress()) -> tuple:
@@ -486,7 +492,7 @@ class Callbacks:
             store.image(aid)
         round_ = jobs.run_job(path, regenerate_id=aid, progress=_progress_fn(progress, names))
         with self._store(state) as store:
-            lab = store.image(aid)["label"]
+            lab = store.image(aid).label
             return self.panel(store, lab, aid, message=ok(f"#{aid}: round {round_} of candidates added and rescored"))
 
     # --- overview ------------------------------------------------------------------------------

@@ -5,16 +5,21 @@ anomaly's candidates. On Hugging Face Spaces (where ``spaces`` is importable) it
 is decorated with ``spaces.GPU``. The app queues every call through one concurrency group, so
 concurrent users take turns on the device instead of fighting over it.
 
+Engine: ``local`` (default), or ``ray`` with ``CURATOR_ENGINE=ray`` (and ``CURATOR_RAY_ADDRESS``
+for a cluster; default: a local Ray started with the app).
+
 Cancelling: the cancel button sets a per-run ``threading.Event``; the pipeline polls it between
 batches and raises ``Cancelled``, leaving everything generated so far in the store (resumable).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
-from curator.pipeline import ClassSummary, Pipeline, Progress
+from curator.engine import ProgressFn, open_run
+from curator.review import ClassSummary
 from curator.store import RunStore
 from curator.ui import resources
 
@@ -31,6 +36,16 @@ def request_cancel(run_path: str) -> None:
     cancel_event(run_path).set()
 
 
+def engine_name() -> str:
+    """The engine the app runs jobs on: ``$CURATOR_ENGINE`` (local or ray), default local."""
+    return os.environ.get("CURATOR_ENGINE", "local")
+
+
+def engine_options() -> dict:
+    """Options of that engine: the Ray address from ``$CURATOR_RAY_ADDRESS`` (None = a local Ray)."""
+    return {"ray_address": os.environ.get("CURATOR_RAY_ADDRESS") or None} if engine_name() == "ray" else {}
+
+
 def _gpu(fn: Callable) -> Callable:
     try:
         import spaces  # type: ignore[import-not-found]
@@ -41,7 +56,7 @@ def _gpu(fn: Callable) -> Callable:
 
 @_gpu
 def run_job(
-    run_path: str, labels: list[int] | None = None, regenerate_id: int | None = None, progress: Progress | None = None
+    run_path: str, labels: list[int] | None = None, regenerate_id: int | None = None, progress: ProgressFn | None = None
 ) -> list[ClassSummary] | int:
     """Run ``labels`` (skipping finished classes) or, with ``regenerate_id``, one more round of K
     candidates for that anomaly. Returns the class summaries, or the new round number."""
@@ -49,10 +64,15 @@ def run_job(
     event.clear()
     store = RunStore.open(run_path)
     try:
-        data, gen, det = resources.components(store.config)
-        pipe = Pipeline(store, data=data, generator=gen, detector=det, progress=progress, cancel=event.is_set)
-        if regenerate_id is not None:
-            return pipe.regenerate(int(regenerate_id))
-        return pipe.run(labels)
+        config = store.config
     finally:
         store.close()
+    data, gen, det = resources.components(config)
+    engine = open_run(run_path, engine=engine_name(), data=data, generator=gen, detector=det, progress=progress,
+                      cancel=event.is_set, **engine_options())  # fmt: skip
+    try:
+        if regenerate_id is not None:
+            return engine.regenerate(int(regenerate_id))
+        return engine.run(labels)
+    finally:
+        engine.close()

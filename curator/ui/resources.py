@@ -19,7 +19,7 @@ from curator.config import RunConfig
 from curator.data import Dataset, load_dataset
 from curator.detector import Detector
 from curator.generator import Generator, ModelFileError
-from curator.pipeline import check_compatible, load_generator, prepare_generator
+from curator.loading import check_compatible, load_generator, prepare_generator
 from curator.training import pick_device
 
 REPO = Path(__file__).resolve().parents[2]

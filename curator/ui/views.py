@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curator.pipeline import summarize
+from curator.review import summarize
 from curator.store import Decision, RunStore
 
 REASONS = {"label_mismatch": "label mismatch", "low_confidence": "low confidence"}
@@ -60,8 +60,8 @@ def decision_text(d: Decision | None) -> str:
 
 def auto_pick(candidates: list, label: int) -> int | None:
     """Id of the candidate the automatic selection picks: highest stored score among those predicted as ``label``."""
-    ok = [c for c in candidates if c["predicted"] == label and c["score"] is not None]
-    return max(ok, key=lambda c: c["score"])["id"] if ok else None
+    ok = [c for c in candidates if c.predicted == label and c.score is not None]
+    return max(ok, key=lambda c: c.score).id if ok else None
 
 
 @dataclass
@@ -99,33 +99,34 @@ def class_view(store: RunStore, label: int) -> ClassView:
     if not 0 <= label < len(names):
         raise UIError(f"class {label} is not in this run (it has {len(names)} classes)")
     synth = store.synthetic(label)
+    counts = store.candidate_counts(label)
     gallery, ids, rows, anomaly_ids = [], [], [], []
     for r in synth:
-        path = str(store.path / r["file"])
-        if r["reason"] is None:
-            caption = f"#{r['id']} ✓ conf {_f(r['confidence'], 2)}"
+        path = str(store.path / r.file)
+        if r.reason is None:
+            caption = f"#{r.id} ✓ conf {_f(r.confidence, 2)}"
         else:
-            d = store.decision(r["id"])
-            n = store.db.execute("SELECT COUNT(*) FROM images WHERE parent_id=?", (r["id"],)).fetchone()[0]
+            d = store.decision(r.id)
+            n = counts.get(r.id, 0)
             caption = (
-                f"⚠ #{r['id']} {REASONS[r['reason']]} · pred {names[r['predicted']]} · conf {_f(r['confidence'], 2)}"
+                f"⚠ #{r.id} {REASONS[r.reason]} · pred {names[r.predicted]} · conf {_f(r.confidence, 2)}"
                 f" → {decision_text(d)}"
             )
-            anomaly_ids.append(r["id"])
+            anomaly_ids.append(r.id)
             rows.append(
                 {
-                    "anomaly": r["id"],
-                    "prototype": store.prototype(r["prototype_id"])["idx"],
-                    "reason": REASONS[r["reason"]],
-                    "predicted": names[r["predicted"]],
-                    "confidence": round(float(r["confidence"]), 4),
+                    "anomaly": r.id,
+                    "prototype": store.prototype(r.prototype_id).idx,
+                    "reason": REASONS[r.reason],
+                    "predicted": names[r.predicted],
+                    "confidence": round(float(r.confidence), 4),
                     "candidates": n,
                     "decision": decision_text(d),
                     "chosen": d.candidate_id if d is not None and d.candidate_id is not None else "",
                 }
             )
         gallery.append((path, caption))
-        ids.append(r["id"])
+        ids.append(r.id)
     status = store.class_status(label)
     return ClassView(
         label, names[label], gallery, ids, pd.DataFrame(rows, columns=ANOMALY_COLUMNS), anomaly_ids, status
@@ -134,60 +135,60 @@ def class_view(store: RunStore, label: int) -> ClassView:
 
 def anomaly_view(store: RunStore, anomaly_id: int) -> AnomalyView:
     a = store.image(int(anomaly_id))
-    if a["kind"] != "synthetic" or a["reason"] is None:
+    if a.kind != "synthetic" or a.reason is None:
         raise UIError(f"image #{anomaly_id} is not an anomaly of this run")
     names = store.class_names
-    label = a["label"]
-    cands = store.candidates(a["id"])
-    d = store.decision(a["id"])
+    label = a.label
+    cands = store.candidates(a.id)
+    d = store.decision(a.id)
     pick = auto_pick(cands, label)
     chosen = d.candidate_id if d is not None and d.choice == "candidate" else None
     gallery, rows = [], []
     for c in cands:
         marks = []
-        if c["id"] == pick:
+        if c.id == pick:
             marks.append("★ auto pick")
-        if c["id"] == chosen and d is not None and d.source == "user":
+        if c.id == chosen and d is not None and d.source == "user":
             marks.append("✔ your choice")
         mark = " ".join(marks)
         gallery.append(
             (
-                str(store.path / c["file"]),
-                f"#{c['id']} · conf {_f(c['confidence'], 2)} · uniq {_f(c['uniqueness'], 2)} · "
-                f"score {_f(c['score'], 2)} · pred {names[c['predicted']]}{' · ' + mark if mark else ''}",
+                str(store.path / c.file),
+                f"#{c.id} · conf {_f(c.confidence, 2)} · uniq {_f(c.uniqueness, 2)} · "
+                f"score {_f(c.score, 2)} · pred {names[c.predicted]}{' · ' + mark if mark else ''}",
             )
         )
         rows.append(
             {
-                "candidate": c["id"],
-                "round": c["round"],
-                "confidence": round(float(c["confidence"]), 4),
-                "uniqueness": None if c["uniqueness"] is None else round(float(c["uniqueness"]), 4),
-                "score": None if c["score"] is None else round(float(c["score"]), 4),
-                "predicted": names[c["predicted"]],
-                "consistent": c["predicted"] == label,
+                "candidate": c.id,
+                "round": c.round,
+                "confidence": round(float(c.confidence), 4),
+                "uniqueness": None if c.uniqueness is None else round(float(c.uniqueness), 4),
+                "score": None if c.score is None else round(float(c.score), 4),
+                "predicted": names[c.predicted],
+                "consistent": c.predicted == label,
                 "mark": mark,
             }
         )
-    proto = store.prototype(a["prototype_id"])
+    proto = store.prototype(a.prototype_id)
     caption = (
-        f"#{a['id']} class {names[label]} · {REASONS[a['reason']]} · predicted {names[a['predicted']]} · "
-        f"conf {_f(a['confidence'])}"
+        f"#{a.id} class {names[label]} · {REASONS[a.reason]} · predicted {names[a.predicted]} · "
+        f"conf {_f(a.confidence)}"
     )
     pick_text = f"#{pick}" if pick else f"none (no candidate is predicted as {names[label]})"
     summary = (
-        f"**Anomaly #{a['id']}** (class {names[label]}, prototype {proto['idx']}): {REASONS[a['reason']]}, "
-        f"predicted {names[a['predicted']]}, confidence {_f(a['confidence'])}.  \n"
+        f"**Anomaly #{a.id}** (class {names[label]}, prototype {proto.idx}): {REASONS[a.reason]}, "
+        f"predicted {names[a.predicted]}, confidence {_f(a.confidence)}.  \n"
         f"Candidates: {len(cands)} · uniqueness ({store.config.uniqueness_centre} centre) against the class's "
         f"qualified images · automatic pick: {pick_text} · **decision: {decision_text(d)}**"
     )
     return AnomalyView(
-        anomaly_id=a["id"],
-        original=str(store.path / a["file"]),
+        anomaly_id=a.id,
+        original=str(store.path / a.file),
         original_caption=caption,
-        prototype=str(store.path / proto["preview"]),
+        prototype=str(store.path / proto.preview),
         candidates=gallery,
-        candidate_ids=[c["id"] for c in cands],
+        candidate_ids=[c.id for c in cands],
         table=pd.DataFrame(rows, columns=CANDIDATE_COLUMNS),
         pick_id=pick,
         chosen_id=chosen,
@@ -222,11 +223,11 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
         )
     df = pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)
     keep = {
-        "all classes": df["label"] >= 0,
+        "all classes": df.label >= 0,
         "with anomalies": df["anomalies"] > 0,
         "with unresolved": df["unresolved"] > 0,
         "with overrides": df["overridden"] > 0,
-        "not run yet": df["status"] != "done",
+        "not run yet": df.status != "done",
     }[filter_by]
     df = df[keep].sort_values(sort_by, ascending=not descending, kind="stable", na_position="last")
     return df.reset_index(drop=True)
@@ -245,7 +246,7 @@ def run_choices(runs_dir: Path) -> list[tuple[str, str]]:
             store = RunStore.open(p.parent)
             try:
                 cfg = store.config
-                done = sum(r["status"] == "done" for r in store.classes())
+                done = sum(r.status == "done" for r in store.classes())
                 data = cfg.data if cfg.data == "mnist5k" else Path(cfg.data).name
                 out.append(
                     (

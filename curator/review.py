@@ -1,0 +1,110 @@
+"""What a run yields and what a person decides: class summaries, the curated set, user decisions.
+
+These read and write through the run store's typed records; the engines and the UI call them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from curator.errors import StoreError
+from curator.store import Decision, ImageRecord, RunStore
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    label: int
+    name: str
+    images: int
+    label_mismatch: int
+    low_confidence: int
+    resolved_auto: int
+    overridden: int
+    unresolved: int
+    confidence_before: float
+    confidence_after: float
+    wall_seconds: float | None
+    status: str
+
+    @property
+    def anomalies(self) -> int:
+        return self.label_mismatch + self.low_confidence
+
+
+@dataclass(frozen=True)
+class Curated:
+    """One image of the curated set: the record, original or refined, and who decided (auto/user)."""
+
+    image: ImageRecord
+    source: str  # original | refined
+    decision: str  # auto | user
+
+
+def final_set(store: RunStore, label: int) -> list[Curated]:
+    """The curated images of a class: passed originals, picked candidates, originals kept by a person.
+
+    Unresolved and dropped anomalies are left out.
+    """
+    decisions = store.decisions()
+    out = []
+    for r in store.synthetic(label):
+        if r.reason is None:
+            out.append(Curated(r, "original", "auto"))
+            continue
+        d = decisions.get(r.id)
+        if d is None or d.choice in ("unresolved", "drop"):
+            continue
+        if d.choice == "original":
+            out.append(Curated(r, "original", d.source))
+        else:
+            out.append(Curated(store.image(d.candidate_id), "refined", d.source))
+    return out
+
+
+def summarize(store: RunStore, labels: list[int] | None = None) -> list[ClassSummary]:
+    names = store.class_names
+    classes = {c.label: c for c in store.classes()}
+    decisions = store.decisions()
+    out = []
+    for label in labels if labels is not None else range(len(names)):
+        synth = store.synthetic(label)
+        anomalies = [r for r in synth if r.reason is not None]
+        ds = [decisions.get(a.id) for a in anomalies]
+        final = final_set(store, label)
+        out.append(
+            ClassSummary(
+                label=label,
+                name=names[label],
+                images=len(synth),
+                label_mismatch=sum(a.reason == "label_mismatch" for a in anomalies),
+                low_confidence=sum(a.reason == "low_confidence" for a in anomalies),
+                resolved_auto=sum(d is not None and d.source == "auto" and d.choice == "candidate" for d in ds),
+                overridden=sum(d is not None and d.source == "user" for d in ds),
+                unresolved=sum(d is None or d.choice == "unresolved" for d in ds),
+                confidence_before=float(np.mean([r.confidence for r in synth])) if synth else float("nan"),
+                confidence_after=float(np.mean([f.image.confidence for f in final])) if final else float("nan"),
+                wall_seconds=classes[label].wall_seconds,
+                status=classes[label].status,
+            )
+        )
+    return out
+
+
+def user_decide(store: RunStore, anomaly_id: int, choice: str, candidate_id: int | None = None) -> Decision:
+    """Record a person's decision: ``candidate`` (with its id), ``original`` or ``drop``."""
+    a = store.image(anomaly_id)
+    if not a.is_anomaly:
+        raise StoreError(f"image {anomaly_id} is not an anomaly of run {store.run_id}")
+    if choice == "candidate":
+        cand = store.image(candidate_id) if candidate_id is not None else None
+        if cand is None or cand.parent_id != anomaly_id:
+            raise StoreError(f"image {candidate_id} is not a candidate of anomaly {anomaly_id}")
+    elif choice not in ("original", "drop"):
+        raise StoreError(f"unknown decision {choice!r}; use candidate, original or drop")
+    else:
+        candidate_id = None
+    d = Decision(anomaly_id, choice, candidate_id, "user")
+    store.decide(d)
+    return d
