@@ -46,10 +46,10 @@ import torch
 
 from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.data import Dataset, ImageSet, load_dataset
-from curator.detector import Detector
 from curator.engine import LocalEngine
 from curator.evaluation import default_epochs, top1_accuracy, train_student
-from curator.loading import load_generator
+from curator.models.detector import Detector
+from curator.models.loading import load_generator
 from curator.prototypes import nearest_to_prototypes
 from curator.review import final_set, summarize
 from curator.scoring import select_greedy

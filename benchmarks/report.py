@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curator.detector import Detector
+from curator.models.detector import Detector
 
 LABELS = {
     "random_real": "random real",

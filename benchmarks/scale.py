@@ -118,7 +118,7 @@ def peak_rss_child(folder: str, mode: str, generator: str, ipc: int, batch_size:
     import torch
 
     from curator.data import load_dataset
-    from curator.generator import PixelDiffusion
+    from curator.models.generator import PixelDiffusion
     from curator.prototypes import class_prototypes, encode_class
 
     gen = PixelDiffusion.from_pretrained(generator)

@@ -39,9 +39,9 @@ import torch
 
 from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.data import load_dataset
-from curator.detector import Detector
 from curator.engine import LocalEngine
-from curator.loading import load_generator
+from curator.models.detector import Detector
+from curator.models.loading import load_generator
 from curator.prototypes import class_prototypes
 from curator.training import pick_device
 

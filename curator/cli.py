@@ -96,10 +96,10 @@ def _given_params(args: argparse.Namespace) -> dict:
 
 def _config_from_args(args: argparse.Namespace, backend_defaults: bool = True) -> RunConfig:
     """The run's config: the flags over the generator backend's defaults (a heavy import,
-    ``curator.loading.resolve_config``), or over RunConfig's alone; validated."""
+    ``curator.models.loading.resolve_config``), or over RunConfig's alone; validated."""
     given = _given_params(args)
     if backend_defaults and given.get("generator"):
-        from curator.loading import resolve_config
+        from curator.models.loading import resolve_config
 
         return resolve_config(**given)
     return RunConfig(**given).validate()
@@ -284,8 +284,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_check_generator(args: argparse.Namespace) -> int:
     from curator.data import load_dataset
-    from curator.detector import Detector
-    from curator.loading import load_generator, prepare_generator
+    from curator.models.detector import Detector
+    from curator.models.loading import load_generator, prepare_generator
     from curator.quality import label_consistency, sample_grid
     from curator.store import save_png
     from curator.training import pick_device
@@ -333,7 +333,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
 def cmd_train_detector(args: argparse.Namespace) -> int:
     from curator.data import load_dataset
-    from curator.detector import default_input_size
+    from curator.models.detector import default_input_size
     from curator.training import pick_device, train_detector
 
     _check_training_args(args, "epochs", "batch_size")

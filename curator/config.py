@@ -51,7 +51,7 @@ class RunConfig:
     # centre wins on the early-generator testbed but loses 1.8 points of student top-1 with the
     # shipped generator; benchmarks/UNIQUENESS.md and DEFAULTS.md).
     uniqueness_centre: str = "global"
-    # Large-model backends (curator/backends): ignored by the built-in pixel model.
+    # Large-model backends (curator/models/backends): ignored by the built-in pixel model.
     prompt_template: str = "{name}"  # Stable Diffusion prompt per class; {name} = readable class name
     negative_prompt: str = ""  # Stable Diffusion negative prompt ("" = none)
     class_map: dict | str | None = None  # DiT: {class name: ImageNet id}, a JSON file, or "imagenette"

@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 from curator.data import DataError, ImageSet
 
 if TYPE_CHECKING:
-    from curator.generator import Generator
+    from curator.models.generator import Generator
 
 ENCODE_BATCH = 256  # images decoded and encoded at a time by encode_class
 

@@ -11,8 +11,8 @@ import torch
 from torchvision.utils import make_grid
 
 from curator.data import Dataset
-from curator.detector import Detector
-from curator.generator import Generator
+from curator.models.detector import Detector
+from curator.models.generator import Generator
 from curator.prototypes import class_prototypes
 
 

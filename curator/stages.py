@@ -27,8 +27,8 @@ import torch
 
 from curator.config import RunConfig
 from curator.data import Dataset
-from curator.detector import Detector
-from curator.generator import Generator
+from curator.models.detector import Detector
+from curator.models.generator import Generator
 from curator.prototypes import class_prototypes as kmeans_prototypes
 from curator.prototypes import encode_class
 from curator.scoring import anomaly_reasons, normalize_features, select_greedy

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from curator.config import ConfigError
 from curator.data import Dataset
 from curator.errors import DataError, ModelFileError
-from curator.generator import PixelDiffusion, build_scheduler, build_unet
+from curator.models.generator import PixelDiffusion, build_scheduler, build_unet
 
 STATE_FILE = "train_state.pt"
 
@@ -234,7 +234,7 @@ def train_detector(
     Checkpoints after every epoch (``train_state.pt``) and resumes from it. Returns the
     ``Detector``, saved to ``out`` with its test accuracy in ``config.json``.
     """
-    from curator.detector import Detector
+    from curator.models.detector import Detector
 
     dev = pick_device(device)  # device and model are checked before anything is written
     torch.manual_seed(seed)

@@ -17,8 +17,8 @@ from PIL import Image  # noqa: E402
 
 from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR  # noqa: E402
 from curator.data import load_mnist5k  # noqa: E402
-from curator.detector import Detector  # noqa: E402
-from curator.generator import PixelDiffusion, build_scheduler, build_unet  # noqa: E402
+from curator.models.detector import Detector  # noqa: E402
+from curator.models.generator import PixelDiffusion, build_scheduler, build_unet  # noqa: E402
 
 DIGITS = [str(i) for i in range(10)]
 

@@ -13,17 +13,17 @@ import pytest
 import torch
 from conftest import write_image_folder
 
-from curator.backends import backend_defaults, detect_backend
-from curator.backends.dit import DiTGenerator, load_class_map
-from curator.backends.stable_diffusion import StableDiffusionGenerator
 from curator.cli import _config_from_args, build_parser
 from curator.cli import main as cli_main
 from curator.config import ConfigError, RunConfig
-from curator.detector import Detector
 from curator.engine import LocalEngine
 from curator.export import export_run
-from curator.generator import ModelFileError, PixelDiffusion
-from curator.loading import load_generator, prepare_generator
+from curator.models.backends import backend_defaults, detect_backend
+from curator.models.backends.dit import DiTGenerator, load_class_map
+from curator.models.backends.stable_diffusion import StableDiffusionGenerator
+from curator.models.detector import Detector
+from curator.models.generator import ModelFileError, PixelDiffusion
+from curator.models.loading import load_generator, prepare_generator
 from curator.store import RunStore, load_png
 
 torch.set_num_threads(1)
@@ -250,7 +250,7 @@ def test_pixel_folder_still_loads(tmp_path):
 
 def test_half_precision_plumbing(sd_folder, dit_folder):
     """bfloat16 weights (what float16 does on CUDA): inputs are cast in, images come back float32 in [0, 1]."""
-    from curator.backends import load_generator as load_backend
+    from curator.models.backends import load_generator as load_backend
 
     images = torch.rand(2, 3, 24, 24)
     for folder in (sd_folder, dit_folder):

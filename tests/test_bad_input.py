@@ -74,10 +74,10 @@ def test_errors_module_imports_no_torch_and_the_classes_are_shared():
     assert res.stdout.strip() == "[]"
 
     import curator.data
-    import curator.generator
+    import curator.models.generator
     import curator.store
 
-    assert curator.data.DataError is DataError and curator.generator.ModelFileError is ModelFileError
+    assert curator.data.DataError is DataError and curator.models.generator.ModelFileError is ModelFileError
     assert curator.store.StoreError is StoreError
     assert issubclass(ModelFileError, FileNotFoundError) and issubclass(DataError, ValueError)
     assert {ConfigError, DataError, ModelFileError, StoreError} <= set(USER_ERRORS)
@@ -136,7 +136,7 @@ def test_run_with_truncated_weights_names_the_file(tmp_path, models, damaged):
 
 
 def test_detector_load_names_the_damaged_file(models):
-    from curator.detector import Detector
+    from curator.models.detector import Detector
 
     _, det = models
     truncate_half(det / "model.safetensors")
@@ -154,7 +154,7 @@ def test_detector_load_names_the_damaged_file(models):
 
 
 def test_pixel_generator_load_names_the_damaged_file(models):
-    from curator.generator import PixelDiffusion
+    from curator.models.generator import PixelDiffusion
 
     gen, _ = models
     weights = gen / "unet/diffusion_pytorch_model.safetensors"
@@ -175,7 +175,7 @@ def test_pixel_generator_load_names_the_damaged_file(models):
 
 
 def test_backends_loader_names_the_damaged_file(models):
-    from curator.backends import load_generator
+    from curator.models.backends import load_generator
 
     gen, _ = models
     (gen / "classes.json").write_text("[")

@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import DIGITS, make_tiny_generator
 
-from curator.generator import ModelFileError, PixelDiffusion
+from curator.models.generator import ModelFileError, PixelDiffusion
 
 
 def test_same_seed_regenerates_the_same_image_whatever_the_batch(tiny_generator):

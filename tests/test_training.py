@@ -6,8 +6,8 @@ import torch
 from conftest import write_image_folder
 
 from curator.data import load_image_folder
-from curator.detector import Detector
-from curator.generator import PixelDiffusion
+from curator.models.detector import Detector
+from curator.models.generator import PixelDiffusion
 from curator.training import STATE_FILE, train_detector, train_generator
 
 

@@ -15,9 +15,9 @@ import numpy as np
 from curator import stages
 from curator.config import RunConfig
 from curator.data import Dataset
-from curator.detector import Detector
-from curator.generator import Generator
-from curator.loading import check_class_sizes, load_components
+from curator.models.detector import Detector
+from curator.models.generator import Generator
+from curator.models.loading import check_class_sizes, load_components
 from curator.review import ClassSummary, summarize
 from curator.store import GLOBAL_CENTRE, Decision, ImageRecord, NewImage, RunStore, StoreError
 

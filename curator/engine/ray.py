@@ -48,7 +48,7 @@ class StageWorker:
     """Loads a run's data and models once; runs stages for the driver."""
 
     def __init__(self, config_json: str, threads: int):
-        from curator.loading import load_components
+        from curator.models.loading import load_components
 
         torch.set_num_threads(max(1, threads))
         self.config = RunConfig.from_json(config_json)

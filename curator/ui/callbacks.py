@@ -30,7 +30,7 @@ from curator.embedding import run_embedding
 from curator.engine import Cancelled, LocalEngine, ProgressFn
 from curator.errors import USER_ERRORS
 from curator.export import export_run, unfinished_classes
-from curator.loading import resolve_config
+from curator.models.loading import resolve_config
 from curator.review import user_decide
 from curator.store import Decision, RunStore
 from curator.ui import jobs, resources

@@ -17,9 +17,9 @@ import torch
 
 from curator.config import RunConfig
 from curator.data import Dataset, load_dataset
-from curator.detector import Detector
-from curator.generator import Generator, ModelFileError
-from curator.loading import check_compatible, load_generator, prepare_generator
+from curator.models.detector import Detector
+from curator.models.generator import Generator, ModelFileError
+from curator.models.loading import check_compatible, load_generator, prepare_generator
 from curator.training import pick_device
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from curator.config import ConfigError
-from curator.generator import ModelFileError, ProgressFn, check_request  # noqa: F401 (re-exported)
+from curator.models.generator import ModelFileError, ProgressFn, check_request  # noqa: F401 (re-exported)
 
 IMAGENETTE_FILE = Path(__file__).with_name("imagenette.json")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

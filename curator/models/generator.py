@@ -30,7 +30,7 @@ ProgressFn = Callable[[int, int], None]  # (done, total) in images
 
 
 class Generator(Protocol):
-    """What the pipeline and the app need from a generator (PixelDiffusion, curator.backends.*).
+    """What the pipeline and the app need from a generator (PixelDiffusion, curator.models.backends.*).
 
     ``generate`` must make each image depend only on its own seed (per-image noise from a CPU
     ``torch.Generator``), so that (prototype, seed, parameters) regenerates it exactly. Backends

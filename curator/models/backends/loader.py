@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from curator.backends.common import resolve_model_dir
 from curator.errors import ModelFileError
-from curator.generator import Generator, PixelDiffusion
+from curator.models.backends.common import resolve_model_dir
+from curator.models.generator import Generator, PixelDiffusion
 
 PIXEL, STABLE_DIFFUSION, DIT = "pixel", "stable-diffusion", "dit"
 
@@ -31,7 +31,7 @@ def detect_backend(folder: str | Path) -> str:
             name = str(json.loads(index.read_text()).get("_class_name", ""))
         except (OSError, ValueError, AttributeError) as exc:  # JSONDecodeError, UnicodeDecodeError, not an object
             raise ModelFileError(f"{index} is not a valid diffusers model index: {exc}") from exc
-        from curator.backends.stable_diffusion import PIPELINE_CLASSES
+        from curator.models.backends.stable_diffusion import PIPELINE_CLASSES
 
         if name in PIPELINE_CLASSES:
             return STABLE_DIFFUSION
@@ -70,7 +70,7 @@ def load_generator(
     if backend == PIXEL:
         return PixelDiffusion.from_pretrained(folder, device)
     if backend == STABLE_DIFFUSION:
-        from curator.backends.stable_diffusion import StableDiffusionGenerator
+        from curator.models.backends.stable_diffusion import StableDiffusionGenerator
 
         return StableDiffusionGenerator.from_pretrained(
             folder,
@@ -80,7 +80,7 @@ def load_generator(
             prompt_template=prompt_template,
             negative_prompt=negative_prompt,
         )
-    from curator.backends.dit import DiTGenerator
+    from curator.models.backends.dit import DiTGenerator
 
     gen = DiTGenerator.from_pretrained(folder, device, dtype=dtype, class_map=class_map)
     if class_names:
@@ -107,9 +107,9 @@ def backend_defaults(path: str) -> dict:
     except ModelFileError:
         return {}
     if backend == STABLE_DIFFUSION:
-        from curator.backends.stable_diffusion import DEFAULTS
+        from curator.models.backends.stable_diffusion import DEFAULTS
     elif backend == DIT:
-        from curator.backends.dit import DEFAULTS
+        from curator.models.backends.dit import DEFAULTS
     else:
         return {}
     return dict(DEFAULTS)

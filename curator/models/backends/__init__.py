@@ -4,7 +4,7 @@ DiT, both in the VAE latent space, chosen by ``load_generator`` from a model fol
 Heavy imports (diffusers pipelines, transformers) happen only when such a model is loaded.
 """
 
-from curator.backends.loader import (
+from curator.models.backends.loader import (
     DIT,
     PIXEL,
     STABLE_DIFFUSION,

@@ -14,15 +14,15 @@ import torch
 
 from curator.config import RunConfig
 from curator.data import DataError, Dataset, load_dataset
-from curator.detector import Detector
-from curator.generator import Generator
+from curator.models.detector import Detector
+from curator.models.generator import Generator
 from curator.training import pick_device
 
 
 def resolve_config(generator: str | None = None, **given) -> RunConfig:
     """A validated config: RunConfig's defaults, then the generator backend's defaults, then
     ``given`` (values that are None count as unset). ``generator`` None keeps the shipped model."""
-    from curator.backends import backend_defaults
+    from curator.models.backends import backend_defaults
 
     values = {f.name: getattr(RunConfig(), f.name) for f in fields(RunConfig)}
     if generator:
@@ -33,7 +33,7 @@ def resolve_config(generator: str | None = None, **given) -> RunConfig:
 
 
 def generator_options(config: RunConfig | None) -> dict:
-    """The run parameters the large-model backends read (prompts, DiT class map); see curator.backends."""
+    """The run parameters the large-model backends read (prompts, DiT class map); see curator.models.backends."""
     if config is None:
         return {}
     return {
@@ -51,12 +51,12 @@ def load_generator(
 ) -> Generator:
     """The generator in ``path`` (a folder or a cached Hugging Face id), backend chosen by its files.
 
-    Built-in pixel model, Stable Diffusion or DiT (see ``curator.backends.loader``). Open-vocabulary
+    Built-in pixel model, Stable Diffusion or DiT (see ``curator.models.backends.loader``). Open-vocabulary
     backends need the dataset's ``class_names`` (prompts, ImageNet ids); without them, bind them
     later with ``prepare_generator``. ``config`` supplies dtype, prompt template, negative prompt
     and class map.
     """
-    from curator.backends import load_generator as load_backend
+    from curator.models.backends import load_generator as load_backend
 
     dtype = config.dtype if config is not None else "auto"
     return load_backend(path, device, class_names, dtype=dtype, **generator_options(config))
@@ -64,7 +64,7 @@ def load_generator(
 
 def prepare_generator(generator: Generator, class_names: list[str], config: RunConfig | None = None) -> Generator:
     """Bind a dataset's class names and the run's prompt/class-map options (no-op for the pixel model)."""
-    from curator.backends import configure_generator
+    from curator.models.backends import configure_generator
 
     return configure_generator(generator, class_names, **generator_options(config))
 

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 import torch
 
-from curator.backends.common import (
+from curator.config import ConfigError
+from curator.data import resize_images
+from curator.models.backends.common import (
     BatchSizer,
     check_request,
     readable_name,
@@ -27,9 +29,7 @@ from curator.backends.common import (
     sdedit_steps,
     seeded_generators,
 )
-from curator.config import ConfigError
-from curator.data import resize_images
-from curator.generator import ModelFileError, ProgressFn
+from curator.models.generator import ModelFileError, ProgressFn
 
 # Literature defaults (D4M): img2img strength 0.7, guidance 8; 50 steps is SD 1.x's usual schedule length.
 DEFAULTS = {"strength": 0.7, "guidance": 8.0, "steps": 50}

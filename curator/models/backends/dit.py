@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from curator.backends.common import (
+from curator.config import ConfigError
+from curator.data import resize_images
+from curator.models.backends.common import (
     BatchSizer,
     check_request,
     imagenette_table,
@@ -31,9 +33,7 @@ from curator.backends.common import (
     sdedit_steps,
     seeded_generators,
 )
-from curator.config import ConfigError
-from curator.data import resize_images
-from curator.generator import ModelFileError, ProgressFn
+from curator.models.generator import ModelFileError, ProgressFn
 
 # DiT's own default guidance is 4 (DiTPipeline); strength 0.7 as in D4M/VLCP.
 DEFAULTS = {"strength": 0.7, "guidance": 4.0, "steps": 50}
