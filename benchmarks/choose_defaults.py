@@ -32,6 +32,9 @@ TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
+UNIQUENESS_SECTION = "## uniqueness centre"  # written from benchmarks/UNIQUENESS.md; kept on rewrite
+
+
 def replay(pipe: LocalEngine, tau: float, lam: float) -> dict[int, list]:
     """The curated rows per class had the run used ``tau`` and ``lam`` (no user decisions)."""
     store, out = pipe.store, {}
@@ -254,7 +257,10 @@ candidate below tau replace an anomaly; on 2026-11-28 it picked the grid's edge,
 one judge-consistent image of 200. Candidates that pass tau are now preferred, see
 `curator/scoring.py`.) **Chosen: lambda = {chosen_lam}.**
 """
-    (out / "DEFAULTS.md").write_text(text)
+    path = out / "DEFAULTS.md"
+    old = path.read_text() if path.exists() else ""
+    kept = "\n" + old[old.index(UNIQUENESS_SECTION) :] if UNIQUENESS_SECTION in old else ""  # written elsewhere
+    path.write_text(text + kept)
     print(text)
     return 0
 
