@@ -155,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         "(every image an anomaly), batch 4, tiny random models.\n"
         f"- Kill points: **{kills}** (SIGKILL right after commit 1, {1 + args.step}, ... until the run finished "
         "unkilled).\n"
-        "- After every kill: `run --resume`, `PRAGMA integrity_check` and `RunStore.check()` clean, and the "
-        "export **byte-identical** to the uninterrupted run's (every file).\n"
+        "- After every kill: `run --resume`, `PRAGMA integrity_check` and `RunStore.check()` clean, the "
+        "export **byte-identical** to the uninterrupted run's (every file), and the store the same (every "
+        "image's provenance, detector outputs and scores, every decision: `store_digest`).\n"
         f"- Wall time: {seconds:.0f} s.\n"
     )
     Path(args.out).write_text(text)
