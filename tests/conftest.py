@@ -92,6 +92,12 @@ def app(tmp_path_factory):
         server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
     )
     try:
-        yield {"url": demo.local_url, "data": str(data), "gen": str(root / "gen"), "det": str(root / "det")}
+        yield {
+            "url": demo.local_url,
+            "data": str(data),
+            "gen": str(root / "gen"),
+            "det": str(root / "det"),
+            "runs": settings.runs_dir,
+        }
     finally:
         demo.close()

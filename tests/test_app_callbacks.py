@@ -265,7 +265,9 @@ def test_two_sessions_keep_their_own_runs(cb, assets):
     s2, _ = ran(cb, assets, seed=2)
     assert s1["run"] != s2["run"]
     g1, g2 = cb.show_class(s1, 0)[1]["value"], cb.show_class(s2, 0)[1]["value"]
-    assert all(p.startswith(s1["run"]) for p, _ in g1) and all(p.startswith(s2["run"]) for p, _ in g2)
+    served = cb.settings.served_dir  # the served links of each run's own images
+    assert all(p.startswith(f"{served / Path(s1['run']).name}/") for p, _ in g1)
+    assert all(p.startswith(f"{served / Path(s2['run']).name}/") for p, _ in g2)
     assert cb.restore(s1["run"], None)[1] == s1  # a reload reopens the run that browser had
     # with nothing saved, a page-load restore that finishes late must not wipe status or state
     late = cb.restore(None, s2)

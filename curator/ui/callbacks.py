@@ -36,6 +36,7 @@ from curator.store import Decision, RunStore
 from curator.ui import jobs, resources
 from curator.ui.plots import umap_figure
 from curator.ui.resources import AppSettings
+from curator.ui.serving import served_gallery, served_path
 from curator.ui.uploads import extract_image_folder
 from curator.ui.views import (
     OVERVIEW_COLUMNS,
@@ -197,7 +198,11 @@ class Callbacks:
                 else f"class {cv.name} has not been run yet: press “Run this class”"
             )
         selected = cv.image_ids.index(aid) if aid in cv.image_ids else None
-        gallery = gr.update(value=cv.gallery, selected_index=selected, label=f"Class {cv.name}: synthetic set")
+        gallery = gr.update(
+            value=served_gallery(self.settings, cv.gallery),
+            selected_index=selected,
+            label=f"Class {cv.name}: synthetic set",
+        )
         if aid is None:
             return (
                 message,
@@ -222,9 +227,13 @@ class Callbacks:
             cv.anomalies,
             aid,
             av.summary_md,
-            gr.update(value=av.original, label=av.original_caption),
-            av.prototype,
-            gr.update(value=av.candidates, selected_index=sel, label=f"{len(av.candidates)} candidates of #{aid}"),
+            gr.update(value=served_path(self.settings, av.original), label=av.original_caption),
+            served_path(self.settings, av.prototype),
+            gr.update(
+                value=served_gallery(self.settings, av.candidates),
+                selected_index=sel,
+                label=f"{len(av.candidates)} candidates of #{aid}",
+            ),
             av.table,
             cid,
         )

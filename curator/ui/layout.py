@@ -7,10 +7,12 @@ Everything else (views, decisions, export) runs concurrently: each handler opens
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from curator.config import RunConfig
-from curator.ui import resources
+from curator.ui import resources, serving
 from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, RUN_SIZE, Callbacks
 from curator.ui.plots import COLOR_BY
 from curator.ui.resources import AppSettings
@@ -46,14 +48,18 @@ CSS = """
 
 
 def launch_kwargs(settings: AppSettings) -> dict:
-    """Arguments for ``demo.launch``: head/css (Gradio 6 takes them here) and the served paths."""
-    return dict(head=HEAD, css=CSS, allowed_paths=[str(settings.runs_dir)])
+    """Arguments for ``demo.launch``: head/css (Gradio 6 takes them here) and the served paths
+    (nothing beyond the static folders of ``serving``; the uploads folder blocked)."""
+    return dict(head=HEAD, css=CSS, allowed_paths=[], blocked_paths=serving.blocked_paths(settings))
 
 
 def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
-    """The app. Run files under ``settings.runs_dir`` are served as static files (no copies)."""
+    """The app. Only the images pages show (linked into ``settings.served_dir``) and the exports are
+    served, as static files (no copies); see ``curator.ui.serving``."""
     settings = settings or AppSettings()
-    gr.set_static_paths([str(settings.runs_dir)])
+    for folder in serving.static_paths(settings):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    gr.set_static_paths(serving.static_paths(settings))
     cb = Callbacks(settings)
     d = RunConfig()
     with gr.Blocks(title="The curator") as demo:

@@ -44,6 +44,11 @@ class AppSettings:
     def exports_dir(self) -> Path:
         return self.runs_dir / "_exports"
 
+    @property
+    def served_dir(self) -> Path:
+        """Links to the run images pages show: the only part of the runs served besides exports."""
+        return self.runs_dir / "_served"
+
 
 _LOCK = threading.RLock()
 _GENERATORS: dict[tuple[str, str], Generator] = {}
