@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -239,21 +240,22 @@ class Callbacks:
         )
 
     # --- set-up --------------------------------------------------------------------------------
-    def _dataset_spec(self, source: str, folder: str | None, upload) -> str:
+    def _dataset_spec(self, source: str, folder: str | None, upload) -> tuple[str, Path | None]:
+        """(the run's ``data``, the upload folder this call extracted or None: removed if the Start fails)."""
         if source == DATA_SOURCES[0]:
-            return "mnist5k"
+            return "mnist5k", None
         if source == DATA_SOURCES[1]:
             folder = (folder or "").strip()
             if not folder:
                 raise UIError("dataset folder path is empty: type the path of an ImageFolder on the server")
-            return folder
+            return folder, None
         if source == DATA_SOURCES[2]:
             path = upload if isinstance(upload, str | Path) or upload is None else getattr(upload, "name", None)
             if not path:
                 raise UIError("no zip uploaded: upload a .zip of an ImageFolder (root/<class>/<image>)")
-            return str(
-                extract_image_folder(path, self.settings.uploads_dir, max_bytes=self.settings.max_upload_mb * 2**20)
-            )
+            root, new = extract_image_folder(path, self.settings.uploads_dir, self.settings.upload_limits)
+            top = self.settings.uploads_dir / root.relative_to(self.settings.uploads_dir).parts[0]
+            return str(root), top if new else None
         raise UIError(f"unknown dataset source {source!r}; choose one of {DATA_SOURCES}")
 
     def _model_paths(self, source: str, gen: str | None, det: str | None) -> tuple[str, str]:
@@ -310,11 +312,16 @@ class Callbacks:
         # Diffusion, ...): the same resolver as the CLI's.
         defaults = RunConfig()
         given = {k: v for k, v in values.items() if v != getattr(defaults, k)}
-        config = resolve_config(generator, detector=detector, data=self._dataset_spec(data_source, folder, upload),
-                                **given)  # fmt: skip
-        data, gen, det = resources.components(config)
-        # Creating a run only checks and stores it; the jobs run it on the app's engine (``jobs.run_job``).
-        pipe = LocalEngine.create(config, str(self.settings.runs_dir), data=data, generator=gen, detector=det)
+        spec, extracted = self._dataset_spec(data_source, folder, upload)
+        try:
+            config = resolve_config(generator, detector=detector, data=spec, **given)
+            data, gen, det = resources.components(config)
+            # Creating a run only checks and stores it; the jobs run it on the app's engine (``jobs.run_job``).
+            pipe = LocalEngine.create(config, str(self.settings.runs_dir), data=data, generator=gen, detector=det)
+        except BaseException:
+            if extracted is not None:  # a failed Start leaves no extracted upload behind
+                shutil.rmtree(extracted, ignore_errors=True)
+            raise
         try:
             skipped = f" ({len(data.skipped)} unreadable files skipped)" if data.skipped else ""
             msg = ok(

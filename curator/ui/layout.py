@@ -49,8 +49,14 @@ CSS = """
 
 def launch_kwargs(settings: AppSettings) -> dict:
     """Arguments for ``demo.launch``: head/css (Gradio 6 takes them here) and the served paths
-    (nothing beyond the static folders of ``serving``; the uploads folder blocked)."""
-    return dict(head=HEAD, css=CSS, allowed_paths=[], blocked_paths=serving.blocked_paths(settings))
+    (nothing beyond the static folders of ``serving``; the uploads folder blocked) and the upload size limit."""
+    return dict(
+        head=HEAD,
+        css=CSS,
+        allowed_paths=[],
+        blocked_paths=serving.blocked_paths(settings),
+        max_file_size=f"{settings.max_upload_mb}mb",  # Gradio refuses larger uploads outright
+    )
 
 
 def build_demo(settings: AppSettings | None = None) -> gr.Blocks:

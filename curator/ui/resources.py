@@ -21,20 +21,45 @@ from curator.models.detector import Detector
 from curator.models.generator import Generator, ModelFileError
 from curator.models.loading import check_compatible, load_generator, prepare_generator
 from curator.training import pick_device
+from curator.ui.uploads import UploadLimits
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _env_int(var: str, name: str) -> int:
+    """A positive integer from environment variable ``var``, else ``UploadLimits``'s default ``name``."""
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return getattr(UploadLimits, name)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{var}={raw!r} must be at least 1")
+    return value
+
+
 @dataclass
 class AppSettings:
-    """Where runs and uploads live. ``runs_dir`` defaults to ``$CURATOR_RUNS`` or ``<repo>/runs``."""
+    """Where runs and uploads live, and the limits on an uploaded zip. ``runs_dir`` defaults to
+    ``$CURATOR_RUNS`` or ``<repo>/runs``; each limit to its environment variable or ``UploadLimits``."""
 
     runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("CURATOR_RUNS", REPO / "runs")))
-    max_upload_mb: int = 500  # uncompressed size limit of an uploaded zip, in MB
+    max_upload_mb: int = field(default_factory=lambda: _env_int("CURATOR_MAX_UPLOAD_MB", "max_upload_mb"))
+    max_uncompressed_mb: int = field(
+        default_factory=lambda: _env_int("CURATOR_MAX_UNCOMPRESSED_MB", "max_uncompressed_mb")
+    )
+    max_files: int = field(default_factory=lambda: _env_int("CURATOR_MAX_FILES", "max_files"))
+    max_image_pixels: int = field(default_factory=lambda: _env_int("CURATOR_MAX_IMAGE_PIXELS", "max_image_pixels"))
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir).resolve()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def upload_limits(self) -> UploadLimits:
+        return UploadLimits(self.max_upload_mb, self.max_uncompressed_mb, self.max_files, self.max_image_pixels)
 
     @property
     def uploads_dir(self) -> Path:
