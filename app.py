@@ -5,7 +5,9 @@ runs as a Hugging Face Space (``sdk: gradio``, ``app_file: app.py``); there it b
 0.0.0.0 as Spaces requires (``SYSTEM=spaces``), and ``curator.ui.jobs.run_job`` is the one
 function decorated with ``spaces.GPU``. Environment: ``CURATOR_RUNS`` (runs folder, default
 ``runs/``), ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` to bind elsewhere, ``CURATOR_WARM_UMAP=0``
-to skip compiling UMAP in the background at start.
+to skip compiling UMAP in the background at start; ``CURATOR_MAX_UPLOAD_MB``,
+``CURATOR_MAX_FILES``, ``CURATOR_MAX_UNCOMPRESSED_MB``, ``CURATOR_MAX_IMAGE_PIXELS``: upload limits
+(README, *Hosting a public demo*).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ imports this package. Modules, one job each:
 
 * ``resources``: app settings, cached models and data, the device in use;
 * ``uploads``: safe extraction of an uploaded ImageFolder zip;
+* ``serving``: what the server may hand out (the images a page shows, exports), nothing else;
 * ``jobs``: the one GPU function (decorated with ``spaces.GPU`` on Hugging Face Spaces) and cancel flags;
 * ``views``: pure builders of what the class view, overview and export preview show, from a run store;
 * ``plots``: the plotly WebGL UMAP figure;
