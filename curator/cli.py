@@ -143,6 +143,7 @@ def summary_table(summaries) -> str:
             "mismatch": s.label_mismatch,
             "low_conf": s.low_confidence,
             "resolved": s.resolved_auto,
+            "accepted": s.accepted,
             "overridden": s.overridden,
             "unresolved": s.unresolved,
             "conf_before": round(s.confidence_before, 3),
@@ -155,7 +156,8 @@ def summary_table(summaries) -> str:
     df = pd.DataFrame(rows)
     if len(df):
         total = {
-            c: df[c].sum() for c in ("images", "mismatch", "low_conf", "resolved", "overridden", "unresolved", "wall_s")
+            c: df[c].sum()
+            for c in ("images", "mismatch", "low_conf", "resolved", "accepted", "overridden", "unresolved", "wall_s")
         }
         total.update(
             {

@@ -20,8 +20,9 @@ class ClassSummary:
     images: int
     label_mismatch: int
     low_confidence: int
-    resolved_auto: int
-    overridden: int
+    resolved_auto: int  # anomalies whose automatic pick stands, not reviewed by a person
+    accepted: int  # a person accepted the automatic pick
+    overridden: int  # a person chose another candidate, kept the original or dropped it
     unresolved: int
     confidence_before: float
     confidence_after: float
@@ -72,6 +73,8 @@ def summarize(store: RunStore, labels: list[int] | None = None) -> list[ClassSum
         synth = store.synthetic(label)
         anomalies = [r for r in synth if r.reason is not None]
         ds = [decisions.get(a.id) for a in anomalies]
+        accepted = [d is not None and d.source == "user" and d.choice == "candidate"
+                    and d.candidate_id == store.auto_pick(d.anomaly_id) for d in ds]  # fmt: skip
         final = final_set(store, label)
         out.append(
             ClassSummary(
@@ -81,7 +84,8 @@ def summarize(store: RunStore, labels: list[int] | None = None) -> list[ClassSum
                 label_mismatch=sum(a.reason == "label_mismatch" for a in anomalies),
                 low_confidence=sum(a.reason == "low_confidence" for a in anomalies),
                 resolved_auto=sum(d is not None and d.source == "auto" and d.choice == "candidate" for d in ds),
-                overridden=sum(d is not None and d.source == "user" for d in ds),
+                accepted=sum(accepted),
+                overridden=sum(d is not None and d.source == "user" and not acc for d, acc in zip(ds, accepted)),
                 unresolved=sum(d is None or d.choice == "unresolved" for d in ds),
                 confidence_before=float(np.mean([r.confidence for r in synth])) if synth else float("nan"),
                 confidence_after=float(np.mean([f.image.confidence for f in final])) if final else float("nan"),

@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS decision_log (
 CREATE TABLE IF NOT EXISTS real_features (
     id INTEGER PRIMARY KEY, label INTEGER NOT NULL, train_index INTEGER NOT NULL, feature BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS centres (label INTEGER PRIMARY KEY, feature BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS auto_picks (
+    anomaly_id INTEGER PRIMARY KEY REFERENCES images(id), candidate_id INTEGER REFERENCES images(id));
 CREATE INDEX IF NOT EXISTS images_by_label ON images(label, kind);
 CREATE INDEX IF NOT EXISTS images_by_parent ON images(parent_id);
 CREATE UNIQUE INDEX IF NOT EXISTS one_synthetic_per_prototype ON images(prototype_id, position)
@@ -484,6 +486,25 @@ class RunStore:
             "SELECT anomaly_id, choice, candidate_id, source FROM decisions WHERE anomaly_id=?", (anomaly_id,)
         ).fetchone()
         return None if row is None else Decision(*row)
+
+    def set_auto_picks(self, picks: Sequence[tuple[int, int | None]]) -> None:
+        """The automatic selection's pick of each anomaly ((anomaly id, candidate id or None =
+        unresolved)), stored whatever a person decided, so the app shows the pipeline's own pick."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO auto_picks(anomaly_id, candidate_id) VALUES (?, ?) "
+                "ON CONFLICT(anomaly_id) DO UPDATE SET candidate_id=excluded.candidate_id",
+                [(int(a), None if c is None else int(c)) for a, c in picks],
+            )
+
+    def auto_pick(self, anomaly_id: int) -> int | None:
+        """The candidate the automatic selection picked for the anomaly (None: unresolved or not
+        selected yet). Runs stored before picks were kept fall back to an automatic decision."""
+        row = self.db.execute("SELECT candidate_id FROM auto_picks WHERE anomaly_id=?", (anomaly_id,)).fetchone()
+        if row is not None:
+            return row[0]
+        d = self.decision(anomaly_id)
+        return d.candidate_id if d is not None and d.source == "auto" else None
 
     def decisions(self) -> dict[int, Decision]:
         """Every decision of the run: {anomaly id: decision}."""

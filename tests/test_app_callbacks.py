@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import make_tiny_detector, make_tiny_generator, write_image_folder
 
+from curator.review import summarize
 from curator.store import RunStore
 from curator.ui import jobs
 from curator.ui.callbacks import DATA_SOURCES, MODEL_SOURCES, PANEL_SIZE, Callbacks
@@ -253,7 +254,13 @@ def test_keep_original_accept_and_navigation(cb, assets):
     if accepted is not None:
         out = cb.decide(state, 0, accepted, None, "accept")
         assert "accepted; next anomaly" in out[0] and out[3] == ids[(ids.index(accepted) + 1) % len(ids)]
-        assert RunStore.open(state["run"]).decision(accepted).source == "auto"
+        store = RunStore.open(state["run"])
+        d = store.decision(accepted)  # a person reviewed it: a user decision, shown as "accepted"
+        assert (d.source, d.candidate_id) == ("user", store.auto_pick(accepted))
+        assert cb.show_anomaly(state, 0, accepted)[2].set_index("anomaly").loc[accepted, "decision"].endswith(
+            "(accepted)"
+        )
+        assert summarize(store, [0])[0].accepted == 1
     assert cb.decide(state, 0, ids[0], 123456, "candidate")[0].endswith("has no image 123456")
     foreign = int(cb.show_anomaly(state, 0, ids[1])[8]["candidate"].iloc[0])
     bad = cb.decide(state, 0, ids[0], foreign, "candidate")
@@ -360,3 +367,21 @@ def test_umap_fits_once_then_reads_the_cache_and_transforms_new_points(cb, asset
     cb.regenerate(state, 0, panel[3], progress=None)
     msg, fig3, _ = cb.embedding(state, "class")
     assert f"{K} new points placed by transform" in msg
+
+
+def test_the_star_and_accept_use_the_pick_the_pipeline_stored(cb, assets):
+    """The panel never works the pick out again: even when the stored scores would rank another
+    consistent candidate first, the star and "Accept" follow the pick the selection stored."""
+    state, panel = ran(cb, assets)
+    store = RunStore.open(state["run"])
+    aid, pick, other = next(
+        (a.id, store.auto_pick(a.id), c.id)
+        for a in store.anomalies(0)
+        for c in store.candidates(a.id)
+        if store.auto_pick(a.id) is not None and c.id != store.auto_pick(a.id) and c.predicted == 0
+    )
+    store.set_scores([(other, 1.0, 99.0)])  # a consistent candidate now outscores the stored pick
+    table = cb.show_anomaly(state, 0, aid)[8]
+    assert table.loc[table["mark"].str.contains("auto pick"), "candidate"].tolist() == [pick]
+    cb.decide(state, 0, aid, None, "accept")
+    assert store.decision(aid).candidate_id == pick

@@ -297,6 +297,10 @@ class Engine:
                 [(c.id, u, s) for (_, cands, _), sel in zip(anomalies, selections)
                  for c, u, s in zip(cands, sel.uniqueness, sel.score)]
             )  # fmt: skip
+            self.store.set_auto_picks(
+                [(a.id, cands[sel.pick].id if sel.pick is not None else None)
+                 for (a, cands, _), sel in zip(anomalies, selections)]
+            )  # fmt: skip
             for (a, cands, kept), sel in zip(anomalies, selections):
                 if kept is None:
                     chosen = cands[sel.pick].id if sel.pick is not None else None

@@ -33,7 +33,7 @@ from curator.errors import USER_ERRORS
 from curator.export import export_run, unfinished_classes
 from curator.models.loading import resolve_config
 from curator.review import user_decide
-from curator.store import Decision, RunStore
+from curator.store import RunStore
 from curator.ui import jobs, resources
 from curator.ui.plots import umap_figure
 from curator.ui.resources import AppSettings
@@ -43,7 +43,6 @@ from curator.ui.views import (
     OVERVIEW_COLUMNS,
     UIError,
     anomaly_view,
-    auto_pick,
     class_view,
     metadata_preview,
     overview_frame,
@@ -467,13 +466,13 @@ class Callbacks:
             a = store.image(aid)
             lab = a.label
             if action == "accept":
-                pick = auto_pick(store.candidates(aid), lab)
+                pick = store.auto_pick(aid)  # the pick the pipeline stored
                 if pick is None:
                     raise UIError(
                         f"anomaly #{aid} has no automatic pick (no candidate is predicted as its class): choose a "
                         "candidate, keep the original, drop it, or regenerate"
                     )
-                store.decide(Decision(aid, "candidate", pick, "auto"))
+                user_decide(store, aid, "candidate", pick)  # reviewed: shown as "accepted"
                 ids = class_view(store, lab).anomaly_ids
                 nxt = ids[(ids.index(aid) + 1) % len(ids)]
                 return self.panel(store, lab, nxt, message=ok(f"#{aid}: automatic pick #{pick} accepted; next anomaly"))

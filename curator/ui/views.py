@@ -28,6 +28,7 @@ OVERVIEW_COLUMNS = [
     "label mismatch",
     "low confidence",
     "resolved auto",
+    "accepted",
     "overridden",
     "unresolved",
     "conf before",
@@ -44,24 +45,21 @@ def _f(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def decision_text(d: Decision | None) -> str:
-    """Short human text for an anomaly's decision state."""
+def decision_text(d: Decision | None, pick: int | None = None) -> str:
+    """Short human text for an anomaly's decision state; ``pick`` is the stored automatic pick
+    (a person's choice of it reads "accepted", of another candidate "you")."""
     if d is None:
         return "pending"
     who = "you" if d.source == "user" else "auto"
     if d.choice == "candidate":
+        if d.source == "user" and d.candidate_id == pick:
+            who = "accepted"
         return f"candidate #{d.candidate_id} ({who})"
     if d.choice == "original":
         return f"keep original ({who})"
     if d.choice == "drop":
         return f"dropped ({who})"
     return "unresolved"
-
-
-def auto_pick(candidates: list, label: int) -> int | None:
-    """Id of the candidate the automatic selection picks: highest stored score among those predicted as ``label``."""
-    ok = [c for c in candidates if c.predicted == label and c.score is not None]
-    return max(ok, key=lambda c: c.score).id if ok else None
 
 
 @dataclass
@@ -110,7 +108,7 @@ def class_view(store: RunStore, label: int) -> ClassView:
             n = counts.get(r.id, 0)
             caption = (
                 f"⚠ #{r.id} {REASONS[r.reason]} · pred {names[r.predicted]} · conf {_f(r.confidence, 2)}"
-                f" → {decision_text(d)}"
+                f" → {decision_text(d, store.auto_pick(r.id))}"
             )
             anomaly_ids.append(r.id)
             rows.append(
@@ -121,7 +119,7 @@ def class_view(store: RunStore, label: int) -> ClassView:
                     "predicted": names[r.predicted],
                     "confidence": round(float(r.confidence), 4),
                     "candidates": n,
-                    "decision": decision_text(d),
+                    "decision": decision_text(d, store.auto_pick(r.id)),
                     "chosen": d.candidate_id if d is not None and d.candidate_id is not None else "",
                 }
             )
@@ -141,7 +139,7 @@ def anomaly_view(store: RunStore, anomaly_id: int) -> AnomalyView:
     label = a.label
     cands = store.candidates(a.id)
     d = store.decision(a.id)
-    pick = auto_pick(cands, label)
+    pick = store.auto_pick(a.id)  # the pipeline's own pick, as stored: never worked out again here
     chosen = d.candidate_id if d is not None and d.choice == "candidate" else None
     gallery, rows = [], []
     for c in cands:
@@ -180,7 +178,7 @@ def anomaly_view(store: RunStore, anomaly_id: int) -> AnomalyView:
         f"**Anomaly #{a.id}** (class {names[label]}, prototype {proto.idx}): {REASONS[a.reason]}, "
         f"predicted {names[a.predicted]}, confidence {_f(a.confidence)}.  \n"
         f"Candidates: {len(cands)} · uniqueness ({store.config.uniqueness_centre} centre) against the class's "
-        f"qualified images · automatic pick: {pick_text} · **decision: {decision_text(d)}**"
+        f"qualified images · automatic pick: {pick_text} · **decision: {decision_text(d, pick)}**"
     )
     return AnomalyView(
         anomaly_id=a.id,
@@ -192,7 +190,7 @@ def anomaly_view(store: RunStore, anomaly_id: int) -> AnomalyView:
         table=pd.DataFrame(rows, columns=CANDIDATE_COLUMNS),
         pick_id=pick,
         chosen_id=chosen,
-        decision=decision_text(d),
+        decision=decision_text(d, pick),
         summary_md=summary,
     )
 
@@ -215,6 +213,7 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
                 "label mismatch": s.label_mismatch,
                 "low confidence": s.low_confidence,
                 "resolved auto": s.resolved_auto,
+                "accepted": s.accepted,
                 "overridden": s.overridden,
                 "unresolved": s.unresolved,
                 "conf before": None if s.images == 0 else round(s.confidence_before, 3),
