@@ -109,14 +109,20 @@ class GroupState:
 
 
 # --- stages ------------------------------------------------------------------------------------
-def real_features(detector: Detector, data: Dataset, seed: int, n: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{label: (train indices, detector features)} of a seeded sample of ``n`` real images per class."""
+def real_features(
+    detector: Detector, data: Dataset, seed: int, n: int, labels: Sequence[int] | None = None
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{label: (train indices, detector features)} of a seeded sample of ``n`` real images per class,
+    for ``labels`` (default: every class). The sample of a class does not depend on ``labels``: the
+    draws are made for every class in order, and only the asked classes go through the detector."""
     rng = np.random.default_rng(seed)
+    wanted = set(range(data.num_classes) if labels is None else labels)
     out = {}
     for label in range(data.num_classes):
         idx = data.train.class_indices(label)
         idx = np.sort(rng.choice(idx, size=min(n, len(idx)), replace=False))
-        out[label] = (idx, detector.inspect(data.train.load(idx)).features)
+        if label in wanted:
+            out[label] = (idx, detector.inspect(data.train.load(idx)).features)
     return out
 
 

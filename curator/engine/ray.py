@@ -58,8 +58,7 @@ class StageWorker:
         return os.getpid()
 
     def real_features(self, labels: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        feats = stages.real_features(self.detector, self.data, self.config.seed, self.config.real_sample)
-        return {label: feats[label] for label in labels}
+        return stages.real_features(self.detector, self.data, self.config.seed, self.config.real_sample, labels)
 
     def run_group(self, labels: list[int], state: stages.GroupState, rounds: range | None = None):
         yield from stages.run_group(self.generator, self.detector, self.data, self.config, labels, state, rounds)
