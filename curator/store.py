@@ -467,10 +467,6 @@ class RunStore:
             q, args = q + " AND label=?", (label,)
         return dict(self.db.execute(q + " GROUP BY parent_id", args).fetchall())
 
-    def last_round(self, anomaly_id: int) -> int:
-        row = self.db.execute("SELECT MAX(round) FROM images WHERE parent_id=?", (anomaly_id,)).fetchone()
-        return int(row[0] or 0)
-
     def delete_round(self, anomaly_id: int, round: int) -> None:
         """Drop a partly written round (a killed process), so it can be generated again whole."""
         with self.transaction():

@@ -244,9 +244,10 @@ class Engine:
 
     def write_images(self, item: stages.ImagesDone) -> None:
         """Store a batch of synthetic images or whole candidate rounds, in one transaction."""
-        proto_ids = {(p.label, p.idx): p.id for label in {j.label for j in item.jobs}
-                     for p in self.store.prototypes(label)}  # fmt: skip
-        synth = {(r.label, r.prototype_id): r.id for r in self.store.synthetic()} if item.stage == "refinement" else {}
+        labels = sorted({j.label for j in item.jobs})  # only this item's classes are read
+        proto_ids = {(p.label, p.idx): p.id for label in labels for p in self.store.prototypes(label)}
+        stored = [r for label in labels for r in self.store.synthetic(label)]
+        synth = {(r.label, r.prototype_id): r.id for r in stored}
         new = []
         for job, image, insp in zip(item.jobs, item.images, item.inspected):
             pid = proto_ids[job.anomaly]
@@ -257,7 +258,7 @@ class Engine:
             )  # fmt: skip
         with self.store.transaction():
             if item.stage == "synthesis":
-                have = {r.prototype_id for r in self.store.synthetic()}
+                have = {r.prototype_id for r in stored}
                 new = [n for n in new if n.prototype_id not in have]  # a retried task sends it again
             else:
                 for parent, round_ in {(n.parent_id, n.round) for n in new}:
