@@ -296,7 +296,7 @@ def cmd_check_generator(args: argparse.Namespace) -> int:
     gen = load_generator(args.generator, device)
     det = Detector.load(args.detector, device)
     data = load_dataset(args.data, size=gen.resolution, channels=gen.channels)
-    prepare_generator(gen, data.class_names)
+    gen = prepare_generator(gen, data.class_names)
     for name, strength in (("pure noise", 1.0), (f"prototypes, strength {args.strength}", args.strength)):
         share, per_class, images = label_consistency(
             gen,

@@ -216,8 +216,8 @@ def test_dit_pipeline_and_export(dit_folder, detector_folder, rgb_folder, tmp_pa
     assert isinstance(pipe.generator, DiTGenerator)
     assert pipe.generator.imagenet_ids == [1, 0]  # goldfish from the model's id2label, tench from ImageNette's table
     # a given map wins; an unmapped class is a clear error
-    prepare_generator(pipe.generator, ["goldfish", "tench"], RunConfig(class_map={"goldfish": 5}))
-    assert pipe.generator.imagenet_ids == [5, 0]
+    mapped = prepare_generator(pipe.generator, ["goldfish", "tench"], RunConfig(class_map={"goldfish": 5}))
+    assert mapped.imagenet_ids == [5, 0] and pipe.generator.imagenet_ids == [1, 0]  # a copy; the run's is as it was
     with pytest.raises(ConfigError, match="zebra"):
         pipe.generator.configure(["tench", "zebra"])
     assert load_class_map("imagenette")["n03888257"] == 701

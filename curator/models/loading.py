@@ -53,8 +53,8 @@ def load_generator(
 
     Built-in pixel model, Stable Diffusion or DiT (see ``curator.models.backends.loader``). Open-vocabulary
     backends need the dataset's ``class_names`` (prompts, ImageNet ids); without them, bind them
-    later with ``prepare_generator``. ``config`` supplies dtype, prompt template, negative prompt
-    and class map.
+    later with ``prepare_generator`` (which returns a configured copy). ``config`` supplies dtype,
+    prompt template, negative prompt and class map.
     """
     from curator.models.backends import load_generator as load_backend
 
@@ -63,7 +63,9 @@ def load_generator(
 
 
 def prepare_generator(generator: Generator, class_names: list[str], config: RunConfig | None = None) -> Generator:
-    """Bind a dataset's class names and the run's prompt/class-map options (no-op for the pixel model)."""
+    """The generator to use for a run: a copy bound to the dataset's class names and the run's
+    prompt/class-map options, sharing the weights; ``generator`` is never changed (the app caches
+    one per model and several runs use it). The pixel model is returned as it is."""
     from curator.models.backends import configure_generator
 
     return configure_generator(generator, class_names, **generator_options(config))
@@ -85,7 +87,7 @@ def load_components(
         test_fraction=config.test_fraction,
         seed=config.seed,
     )
-    prepare_generator(generator, data.class_names, config)
+    generator = prepare_generator(generator, data.class_names, config)  # this run's copy
     check_compatible(data, generator, detector)
     return data, generator, detector
 

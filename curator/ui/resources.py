@@ -138,6 +138,7 @@ def components(config: RunConfig) -> tuple[Dataset, Generator, Detector]:
     gen = generator(config.generator, dev, config)
     det = detector(config.detector, dev)
     data = dataset(config, gen.resolution, gen.channels)
-    prepare_generator(gen, data.class_names, config)  # prompts / ImageNet ids for the large backends
+    # this run's own copy: prompts / ImageNet ids for the large backends; the cached one stays as loaded
+    gen = prepare_generator(gen, data.class_names, config)
     check_compatible(data, gen, det)
     return data, gen, det

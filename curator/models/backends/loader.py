@@ -9,6 +9,7 @@ A path that is not a local folder is looked up as a Hugging Face repo id in the 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -89,15 +90,20 @@ def load_generator(
 
 
 def configure_generator(generator: Generator, class_names: Sequence[str], **options) -> Generator:
-    """Bind a dataset's class names (and prompt/class-map options) to an open-vocabulary generator.
+    """A copy of an open-vocabulary generator bound to a dataset's class names (and prompt/class-map
+    options); ``generator`` itself is left as it was.
 
-    A no-op for generators trained on their own classes (``PixelDiffusion``), whose class count
-    ``check_compatible`` compares with the dataset instead.
+    The copy is shallow: it shares the pipeline's weights (read-only) and gets its own class names,
+    prompts and prompt-embedding cache, so runs with different classes or prompts can use one
+    loaded model at once. Generators trained on their own classes (``PixelDiffusion``, no
+    ``configure``) are returned as they are; ``check_compatible`` compares their class count with
+    the dataset instead.
     """
-    configure = getattr(generator, "configure", None)
-    if configure is not None:
-        configure(list(class_names), **options)
-    return generator
+    if getattr(generator, "configure", None) is None:
+        return generator
+    configured = copy.copy(generator)
+    configured.configure(list(class_names), **options)
+    return configured
 
 
 def backend_defaults(path: str) -> dict:
