@@ -1,9 +1,14 @@
-"""The one function that uses the accelerator, and the flags that cancel it.
+"""The functions that use the accelerator, and the flags that cancel them.
 
-``run_job`` loads (cached) models, reopens the run and runs classes or regenerates one
-anomaly's candidates. On Hugging Face Spaces (where ``spaces`` is importable) it, and only it,
-is decorated with ``spaces.GPU``. The app queues every call through one concurrency group, so
-concurrent users take turns on the device instead of fighting over it.
+``run_class_job`` runs one class of a run and ``regenerate_job`` one more round of candidates
+for one anomaly; each loads (cached) models and reopens the run. On Hugging Face Spaces (where
+``spaces`` is importable) these two, and only they, are decorated with ``spaces.GPU``, each with
+a duration estimated from its own work (``estimate_seconds``), so that every GPU call fits
+ZeroGPU's limits. ``run_job`` is the plain entry point the app calls: there it runs the classes
+still to do one GPU call each, checking for a cancel between calls; elsewhere it runs them in one
+engine call, which batches several classes together (faster, on a CPU above all). The app queues
+every call through one concurrency group, so concurrent users take turns on the device instead
+of fighting over it.
 
 Engine: ``local`` (default), or ``ray`` with ``CURATOR_ENGINE=ray`` (and ``CURATOR_RAY_ADDRESS``
 for a cluster; default: a local Ray started with the app).
@@ -14,17 +19,30 @@ batches and raises ``Cancelled``, leaving everything generated so far in the sto
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
 
-from curator.engine import ProgressFn, open_run
-from curator.review import ClassSummary
+from curator.config import RunConfig
+from curator.data import DataError
+from curator.engine import Cancelled, ProgressFn, open_run
+from curator.review import ClassSummary, summarize
 from curator.store import RunStore
 from curator.ui import resources
 
+log = logging.getLogger("curator.ui.jobs")
+
 _CANCEL: dict[str, threading.Event] = {}
 _CANCEL_GUARD = threading.Lock()
+
+# Seconds per image and denoising step (classifier-free guidance included) on a ZeroGPU slice,
+# seconds per class for its prototypes (encoding its real images, k-means), and for loading.
+STEP_SECONDS = {"pixel": 0.0005, "stable-diffusion": 0.02, "dit": 0.01}
+CLASS_SECONDS = {"pixel": 2.0, "stable-diffusion": 15.0, "dit": 10.0}
+LOAD_SECONDS = 10.0
+MIN_SECONDS, MAX_SECONDS = 20.0, 300.0
+DEFAULT_SECONDS = 120.0  # when the work cannot be read
 
 
 def cancel_event(run_path: str) -> threading.Event:
@@ -46,33 +64,187 @@ def engine_options() -> dict:
     return {"ray_address": os.environ.get("CURATOR_RAY_ADDRESS") or None} if engine_name() == "ray" else {}
 
 
-def _gpu(fn: Callable) -> Callable:
+# --- how long a call takes ---------------------------------------------------------------------------
+
+
+def _backend(config: RunConfig) -> str:
+    from curator.models.backends import STABLE_DIFFUSION, detect_backend
+    from curator.models.backends.common import resolve_model_dir
+
+    try:
+        return detect_backend(resolve_model_dir(config.generator))
+    except Exception:  # noqa: BLE001 - an estimate: assume the slowest backend
+        return STABLE_DIFFUSION
+
+
+def _denoising_steps(config: RunConfig) -> int:
+    """Steps one image runs: SDEdit runs ``steps * strength`` of the schedule (at least 1)."""
+    return max(1, int(config.steps * config.strength))
+
+
+def estimate_seconds(run_path: str, label: int | None = None, regenerate_id: int | None = None) -> float:
+    """Seconds a GPU call needs, from its work: ``regenerate_id`` = one round of K candidates;
+    ``label`` = that class's prototypes, synthesis of the IPC images still missing and K candidates
+    x rounds for every anomaly (known, or, for images not made yet, assumed), less what the store
+    already holds; None = every class still to do. A per-image-step cost of the backend times the
+    images x denoising steps, plus per-class and loading costs, within [20, 300] seconds."""
+    try:
+        store = RunStore.open(run_path)
+    except Exception:  # noqa: BLE001 - the job itself reports a missing run
+        return DEFAULT_SECONDS
+    try:
+        config = store.config
+        backend = _backend(config)
+        step = STEP_SECONDS.get(backend, max(STEP_SECONDS.values())) * _denoising_steps(config)
+        if regenerate_id is not None:
+            seconds = LOAD_SECONDS + config.k * step
+        else:
+            labels = [label] if label is not None else _labels(store, config)
+            seconds = LOAD_SECONDS
+            for lab in labels:
+                if store.class_status(lab) == "done":
+                    continue
+                seconds += (
+                    CLASS_SECONDS.get(backend, max(CLASS_SECONDS.values())) + _images_left(store, config, lab) * step
+                )
+    except Exception:  # noqa: BLE001 - an estimate never stops a job
+        log.exception("cannot estimate the work of %s", run_path)
+        return DEFAULT_SECONDS
+    finally:
+        store.close()
+    return float(min(MAX_SECONDS, max(MIN_SECONDS, seconds)))
+
+
+def _images_left(store: RunStore, config: RunConfig, label: int) -> int:
+    """Images a class still needs: missing synthetic ones, and K x rounds candidates for each anomaly
+    (every image not made yet counts as an anomaly), less the candidates already made."""
+    synthetic = store.synthetic(label)
+    missing = max(0, config.ipc - len(synthetic))
+    per_anomaly = config.k * config.rounds
+    counts = store.candidate_counts(label)
+    candidates = sum(max(0, per_anomaly - counts.get(a.id, 0)) for a in synthetic if a.reason is not None)
+    return missing + missing * per_anomaly + candidates
+
+
+def _labels(store: RunStore, config: RunConfig) -> list[int]:
+    """The classes a run covers (``config.classes`` by name or index; all when None)."""
+    names = store.class_names
+    if not config.classes:
+        return list(range(len(names)))
+    out = []
+    for c in config.classes:
+        if str(c) in names:
+            out.append(names.index(str(c)))
+        elif str(c).isdigit() and int(c) < len(names):
+            out.append(int(c))
+        else:
+            raise DataError(f"class {c!r} is not in the run's classes {names}")
+    return out
+
+
+def _class_duration(run_path: str, label: int, progress: ProgressFn | None = None) -> float:
+    return estimate_seconds(run_path, label=label)
+
+
+def _regenerate_duration(run_path: str, anomaly_id: int, progress: ProgressFn | None = None) -> float:
+    return estimate_seconds(run_path, regenerate_id=anomaly_id)
+
+
+def _spaces_gpu() -> Callable | None:
     try:
         import spaces  # type: ignore[import-not-found]
     except ImportError:
-        return fn
-    return spaces.GPU(duration=120)(fn)
+        return None
+    return spaces.GPU
 
 
-@_gpu
-def run_job(
-    run_path: str, labels: list[int] | None = None, regenerate_id: int | None = None, progress: ProgressFn | None = None
-) -> list[ClassSummary] | int:
-    """Run ``labels`` (skipping finished classes) or, with ``regenerate_id``, one more round of K
-    candidates for that anomaly. Returns the class summaries, or the new round number."""
+# On Hugging Face Spaces each GPU call covers one class (ZeroGPU limits a call's duration).
+ONE_CLASS_PER_CALL = _spaces_gpu() is not None
+
+
+def _gpu(duration: Callable) -> Callable[[Callable], Callable]:
+    """``spaces.GPU(duration=duration)`` where ``spaces`` is importable (Hugging Face Spaces), else nothing.
+    ``duration`` takes the decorated function's arguments and returns seconds."""
+
+    def decorate(fn: Callable) -> Callable:
+        gpu = _spaces_gpu()
+        return fn if gpu is None else gpu(duration=duration)(fn)
+
+    return decorate
+
+
+# --- the GPU calls -----------------------------------------------------------------------------------
+
+
+def _engine(run_path: str, progress: ProgressFn | None):
     event = cancel_event(run_path)
-    event.clear()
     store = RunStore.open(run_path)
     try:
         config = store.config
     finally:
         store.close()
     data, gen, det = resources.components(config)
-    engine = open_run(run_path, engine=engine_name(), data=data, generator=gen, detector=det, progress=progress,
-                      cancel=event.is_set, **engine_options())  # fmt: skip
+    return open_run(run_path, engine=engine_name(), data=data, generator=gen, detector=det, progress=progress,
+                    cancel=event.is_set, **engine_options())  # fmt: skip
+
+
+@_gpu(_class_duration)
+def run_class_job(run_path: str, label: int, progress: ProgressFn | None = None) -> ClassSummary:
+    """Run (or resume) one class of the run: one GPU call. Does not clear a pending cancel."""
+    engine = _engine(run_path, progress)
     try:
-        if regenerate_id is not None:
-            return engine.regenerate(int(regenerate_id))
-        return engine.run(labels)
+        return engine.run_class(int(label))
     finally:
         engine.close()
+
+
+@_gpu(_regenerate_duration)
+def regenerate_job(run_path: str, anomaly_id: int, progress: ProgressFn | None = None) -> int:
+    """One more round of K candidates for an anomaly, then rescoring its class: one GPU call.
+    Returns the new round number."""
+    engine = _engine(run_path, progress)
+    try:
+        return engine.regenerate(int(anomaly_id))
+    finally:
+        engine.close()
+
+
+def _run_classes(run_path: str, labels: list[int], progress: ProgressFn | None = None) -> None:
+    """Run several classes in one engine call (not a GPU call: used where there is no ZeroGPU)."""
+    engine = _engine(run_path, progress)
+    try:
+        engine.run(labels)
+    finally:
+        engine.close()
+
+
+def run_job(
+    run_path: str, labels: list[int] | None = None, regenerate_id: int | None = None, progress: ProgressFn | None = None
+) -> list[ClassSummary] | int:
+    """Run ``labels`` (None = every class of the run), skipping finished ones: on Hugging Face
+    Spaces one GPU call per class (``run_class_job``), checking for a cancel between calls,
+    elsewhere one engine call for all of them; or, with ``regenerate_id``, one more round of K
+    candidates for that anomaly (``regenerate_job``). Returns the summaries of ``labels`` (in that
+    order, finished ones included), or the new round number."""
+    event = cancel_event(run_path)
+    event.clear()
+    if regenerate_id is not None:
+        return regenerate_job(run_path, int(regenerate_id), progress)
+    store = RunStore.open(run_path)
+    try:
+        labels = _labels(store, store.config) if labels is None else [int(lab) for lab in labels]
+        todo = [lab for lab in labels if store.class_status(lab) != "done"]
+    finally:
+        store.close()
+    if ONE_CLASS_PER_CALL:
+        for label in todo:
+            if event.is_set():
+                raise Cancelled(f"cancelled before class {label}")
+            run_class_job(run_path, label, progress)
+    elif todo:
+        _run_classes(run_path, todo, progress)
+    store = RunStore.open(run_path)
+    try:
+        return summarize(store, labels)
+    finally:
+        store.close()
