@@ -64,7 +64,7 @@ def served(app):
     return {
         "runs": runs,
         "run": run,
-        "pngs": sorted((runs / "_served" / run.name).rglob("*.png")),
+        "pngs": sorted((runs / "_served" / "local" / run.name).rglob("*.png")),  # private mode: key "local"
         "zip": next((runs / "_exports").rglob("*.zip")),
     }
 
