@@ -15,6 +15,12 @@ reducer; a run folder is trusted local data). Later calls read the cache and pla
 cache lacks (new classes, regenerated candidates) with ``reducer.transform``: no refit, so the
 picture does not jump. ``umap`` is imported lazily: its first use in a process compiles with
 numba (about 15 s).
+
+``class_embedding`` draws one class alone (its real sample, prototypes, synthetic images,
+anomalies, candidates and picks) in the same feature space: detector features separate classes so
+well that the run view is ten tight blobs, while a class view shows where a pick sits among its
+class's real images and the other candidates. It is small, so it is refitted whenever its points
+change (see its docstring).
 """
 
 from __future__ import annotations
@@ -29,22 +35,40 @@ import numpy as np
 import pandas as pd
 
 from curator.scoring import normalize_features
-from curator.store import RunStore
+from curator.store import GLOBAL_CENTRE, RunStore
 
 CACHE_DIR = "embedding"
-COLUMNS = ["key", "kind", "status", "label", "class_name", "image_id", "x", "y", "confidence", "uniqueness", "score"]
+COLUMNS = [
+    "key",
+    "kind",
+    "status",
+    "label",
+    "class_name",
+    "image_id",
+    "x",
+    "y",
+    "confidence",
+    "uniqueness",
+    "score",
+    "file",  # run-relative image file (a prototype's preview); "" for real images (no file in the run)
+    "anomaly_id",  # an anomaly's own id, a candidate's or pick's anomaly; NaN otherwise
+]
+PCA_BELOW = 15  # a class view with fewer points is drawn with PCA (UMAP needs a neighbourhood)
+MAX_CLASS_REAL = 300  # real images in a class view at most (a deterministic sample), so a fit stays fast
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
 @dataclass
 class Embedding:
-    """The 2-D map of a run. ``fitted``: UMAP was fitted in this call; ``placed``: points added by transform."""
+    """The 2-D map of a run or a class. ``fitted``: fitted in this call; ``placed``: points added by
+    transform; ``method``: "umap" or "pca" (small class views)."""
 
     frame: pd.DataFrame
     fitted: bool
     placed: int
     seconds: float
+    method: str = "umap"
 
 
 def _lock(path: Path) -> threading.Lock:
@@ -63,17 +87,36 @@ def _status(kind: str, decision) -> str:
     return "resolved (auto)"
 
 
-def collect_points(store: RunStore, detector=None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every point of the run with its metadata, and its raw detector feature [N, D] (float32)."""
+def _global_centre(store: RunStore) -> np.ndarray | None:
+    """The mean of every class's stored real features (what the run view centres on), read from the
+    stored centres; recomputed from the real features for a run that has no centres stored."""
+    centre = store.centres().get(GLOBAL_CENTRE)
+    if centre is not None:
+        return centre
+    real = store.real_features()[2]
+    return real.mean(0) if len(real) else None
+
+
+def _images(store: RunStore, label: int | None) -> list:
+    """Synthetic images and candidates of one class (every class when None), by id."""
+    if label is None:
+        return sorted(store.synthetic() + store.all_candidates(), key=lambda r: r.id)
+    synth = store.synthetic(label)
+    return sorted(synth + [c for a in synth if a.is_anomaly for c in store.candidates(a.id)], key=lambda r: r.id)
+
+
+def collect_points(store: RunStore, detector=None, label: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every point of the run (of class ``label`` only, when given) with its metadata, and its
+    normalised detector feature [N, D] (float32), centred on the mean real feature of all classes."""
     names = store.class_names
     rows: list[dict] = []
     feats: list[np.ndarray] = []
-    labels, indices, real = store.real_features()
+    labels, indices, real = store.real_features(label)
     for lab, idx, f in zip(labels, indices, real):
-        rows.append(dict(key=f"real:{lab}:{idx}", kind="real", status="real", label=int(lab), image_id=None))
+        rows.append(dict(key=f"real:{lab}:{idx}", kind="real", status="real", label=int(lab), image_id=None, file=""))
         feats.append(f)
     if detector is not None:
-        protos = store.prototypes()
+        protos = store.prototypes(label)
         if protos:
             images = np.stack([store.load_image(p).numpy() for p in protos])
             import torch
@@ -87,13 +130,13 @@ def collect_points(store: RunStore, detector=None) -> tuple[pd.DataFrame, np.nda
                         status="prototype",
                         label=int(p.label),
                         image_id=None,
+                        file=p.preview,
                     )
                 )
                 feats.append(f)
     decisions = store.decisions()
     picked = {d.candidate_id for d in decisions.values() if d.choice == "candidate"}
-    images = sorted(store.synthetic() + store.all_candidates(), key=lambda r: r.id)
-    for r in images:
+    for r in _images(store, label):
         if r.kind == "synthetic":
             kind = "anomaly" if r.reason is not None else "synthetic"
         else:
@@ -108,6 +151,8 @@ def collect_points(store: RunStore, detector=None) -> tuple[pd.DataFrame, np.nda
                 uniqueness=r.uniqueness,
                 score=r.score,
                 status="picked" if kind == "pick" else _status(kind, decisions.get(r.id)),
+                file=r.file,
+                anomaly_id=int(r.id) if kind == "anomaly" else r.parent_id,
             )
         )
         feats.append(r.feature)
@@ -115,20 +160,24 @@ def collect_points(store: RunStore, detector=None) -> tuple[pd.DataFrame, np.nda
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS), np.zeros((0, 0), np.float32)
     frame["class_name"] = [names[i] for i in frame.label]
-    for col in ("confidence", "uniqueness", "score"):
+    for col in ("confidence", "uniqueness", "score", "anomaly_id"):
         if col not in frame:
             frame[col] = np.nan
-    center = real.mean(0) if len(real) else None
+    frame["anomaly_id"] = frame["anomaly_id"].astype(float)  # None (no anomaly) becomes NaN, like image_id
+    if label is None:
+        center = real.mean(0) if len(real) else None
+    else:
+        center = _global_centre(store)
     return frame, normalize_features(np.stack(feats), center)
 
 
-def _fit(features: np.ndarray, seed: int):
+def _fit(features: np.ndarray, seed: int, n_neighbors: int | None = None):
     import umap  # lazy: numba compiles on first use
 
     n = len(features)
     reducer = umap.UMAP(
         n_components=2,
-        n_neighbors=max(2, min(15, n - 1)),
+        n_neighbors=n_neighbors or max(2, min(15, n - 1)),
         min_dist=0.1,
         metric="euclidean",
         random_state=seed,
@@ -136,6 +185,36 @@ def _fit(features: np.ndarray, seed: int):
     )
     coords = reducer.fit_transform(features)
     return reducer, np.asarray(coords, dtype=np.float32)
+
+
+def _pca(features: np.ndarray) -> np.ndarray:
+    """The first two principal components [N, 2] (numpy SVD), each signed so that its largest
+    loading is positive (deterministic); zeros where there are fewer components."""
+    x = np.asarray(features, dtype=np.float64)
+    x = x - x.mean(0)
+    xy = np.zeros((len(x), 2), np.float32)
+    if len(x) < 2:
+        return xy
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    k = min(2, len(s))
+    signs = np.sign(vt[np.arange(k), np.abs(vt[:k]).argmax(1)])
+    xy[:, :k] = u[:, :k] * s[:k] * np.where(signs == 0, 1, signs)
+    return xy
+
+
+def _class_neighbors(n: int) -> int:
+    """UMAP's neighbourhood for a class view of ``n`` points: about sqrt(n), within 4..15."""
+    return int(np.clip(round(np.sqrt(n)), 4, min(15, n - 1)))
+
+
+def _sample_real(frame: pd.DataFrame, feats: np.ndarray, limit: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Keep at most ``limit`` real points (a seeded sample, in stored order) and every other point."""
+    real = np.flatnonzero((frame["kind"] == "real").to_numpy())
+    if len(real) <= limit:
+        return frame, feats
+    drop = np.setdiff1d(real, np.sort(np.random.default_rng(seed).choice(real, limit, replace=False)))
+    keep = np.setdiff1d(np.arange(len(frame)), drop)
+    return frame.iloc[keep].reset_index(drop=True), feats[keep]
 
 
 def run_embedding(store: RunStore, detector=None, seed: int | None = None) -> Embedding:
@@ -179,6 +258,62 @@ def run_embedding(store: RunStore, detector=None, seed: int | None = None) -> Em
     xy = np.stack([known[k] for k in frame["key"]])
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
     return Embedding(frame[COLUMNS], fitted, placed, time.perf_counter() - t0)
+
+
+def class_embedding(store: RunStore, detector, label: int, seed: int | None = None) -> Embedding:
+    """The map of one class: its real sample (at most ``MAX_CLASS_REAL``, a seeded sample), its
+    prototypes (with ``detector``), synthetic images, anomalies, candidates and picks, in the run
+    view's feature space (centred on the all-class real mean, L2-normalised).
+
+    UMAP (``n_neighbors`` about the square root of the point count, the run's seed) from
+    ``PCA_BELOW`` points up, PCA (numpy SVD) below. Coordinates are cached in
+    ``RUN/embedding/class-<label>.npz`` with their point keys, the method and the seed, and reused
+    while the class has exactly those points; decisions change only the colours, which are read
+    from the store on every call. When the points change (regenerated candidates, say) the class
+    is fitted again, not extended by transform: a class view has a few hundred points at most, so a
+    fit takes well under 2 s once numba is warm, and every point then shapes the map; with
+    transform a new round of candidates would be pushed into a layout fitted without them, and a
+    reducer would have to be pickled per class. The same seed keeps the refit close to the old one.
+    Raises ValueError for an unknown class or one with no points yet.
+    """
+    t0 = time.perf_counter()
+    seed = store.config.seed if seed is None else seed
+    names = store.class_names
+    if not 0 <= int(label) < len(names):
+        raise ValueError(f"run {store.run_id} has no class {label} (classes 0..{len(names) - 1})")
+    label = int(label)
+    frame, feats = collect_points(store, detector, label)
+    frame, feats = _sample_real(frame, feats, MAX_CLASS_REAL, seed)
+    if frame.empty:
+        raise ValueError(f"class {names[label]} of run {store.run_id} has no points to embed; run it first")
+    keys = frame["key"].tolist()
+    cache = store.path / CACHE_DIR
+    npz = cache / f"class-{label}.npz"
+    with _lock(store.path):
+        known, method = {}, None
+        if npz.is_file():
+            try:
+                z = np.load(npz, allow_pickle=False)
+                if int(z["seed"]) == seed:
+                    known, method = dict(zip(z["keys"].tolist(), z["xy"])), str(z["method"])
+            except (OSError, ValueError, KeyError, EOFError):
+                known = {}  # unreadable cache: fit again
+        fitted = set(known) != set(keys)
+        if fitted:
+            if len(frame) >= PCA_BELOW:
+                method, xy = "umap", _fit(feats, seed, _class_neighbors(len(frame)))[1]
+            else:
+                method, xy = "pca", _pca(feats)
+            known = dict(zip(keys, xy))
+            cache.mkdir(exist_ok=True)
+            tmp = cache / f"class-{label}.tmp.npz"
+            np.savez(tmp, keys=np.array(keys, dtype=str), xy=xy, method=np.array(method), seed=np.array(seed))
+            tmp.replace(npz)
+    xy = np.stack([known[k] for k in keys])
+    frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
+    frame = frame[COLUMNS]
+    frame.attrs["method"] = method
+    return Embedding(frame, fitted, 0, time.perf_counter() - t0, method)
 
 
 def warm_up(seed: int = 0) -> float:

@@ -1,6 +1,10 @@
-"""The UMAP scatter: plotly WebGL (``Scattergl``), colour by class or by status, symbol by kind."""
+"""The UMAP scatters: the run view (plotly WebGL ``Scattergl``, colour by class or by status,
+symbol by kind) and the class view (``class_figure``: SVG, colour by meaning, thumbnails on hover
+and click-to-open through ``PLOT_JS``)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -40,6 +44,15 @@ PALETTE = [
 COLOR_BY = ("class", "status")
 
 
+def _num(v) -> str:
+    return "–" if v is None or v != v else f"{v:.3f}"
+
+
+def _id(v) -> str:
+    """An id column's value (int, float or None/NaN) as text: "12", or "" when absent."""
+    return "" if v is None or v != v else str(int(v))
+
+
 def umap_figure(frame: pd.DataFrame, color_by: str = "class", title: str = "") -> go.Figure:
     """One WebGL trace per colour group (class or status), marker symbol per point by kind."""
     if color_by not in COLOR_BY:
@@ -53,16 +66,16 @@ def umap_figure(frame: pd.DataFrame, color_by: str = "class", title: str = "") -
         groups = [(s, frame[frame["status"] == s]) for s in STATUS_COLORS if (frame["status"] == s).any()]
         colors = STATUS_COLORS
     for name, sub in groups:
-        ids = [f"#{int(i)}" if i == i and i is not None else "–" for i in sub["image_id"]]
+        ids = [f"#{i}" if i else "–" for i in map(_id, sub["image_id"])]
         custom = np.column_stack(
             [
                 ids,
                 sub["kind"],
                 sub["class_name"],
                 sub["status"],
-                sub["confidence"].map(lambda v: "–" if v != v or v is None else f"{v:.3f}"),
-                sub["uniqueness"].map(lambda v: "–" if v != v or v is None else f"{v:.3f}"),
-                sub["score"].map(lambda v: "–" if v != v or v is None else f"{v:.3f}"),
+                sub["confidence"].map(_num),
+                sub["uniqueness"].map(_num),
+                sub["score"].map(_num),
             ]
         )
         fig.add_trace(
@@ -109,3 +122,185 @@ def umap_figure(frame: pd.DataFrame, color_by: str = "class", title: str = "") -
         template="plotly_white",
     )
     return fig
+
+
+# --- the class view -----------------------------------------------------------------------------
+# (category, legend name, colour), in drawing order: real images at the back, picks on top.
+CLASS_STYLE = [
+    ("real", "real images", "#d4d4d4"),
+    ("prototype", "prototypes", "#4a4a4a"),
+    ("passed", "passed", "#7b8ea3"),
+    ("candidate", "candidates", "#c2a25e"),
+    ("anomaly resolved (auto)", "anomaly · resolved (auto)", "#d9958c"),
+    ("anomaly overridden", "anomaly · overridden", "#9484b8"),
+    ("anomaly unresolved", "anomaly · unresolved", "#d62728"),
+    ("pick", "picks", "#2ca02c"),
+]
+CLASS_SIZES = {"real": 6, "prototype": 11, "synthetic": 9, "anomaly": 12, "candidate": 8, "pick": 16}
+CLASS_CUSTOMDATA = ("image_id", "kind", "status", "scores", "thumb_url", "anomaly_id")  # customdata[0..5]
+
+
+def _category(kind: str, status: str) -> str:
+    if kind == "anomaly":
+        return f"anomaly {status}"
+    return {"synthetic": "passed"}.get(kind, kind)
+
+
+def _scores(row) -> str:
+    parts = [(n, row[c]) for n, c in (("conf", "confidence"), ("uniq", "uniqueness"), ("score", "score"))]
+    return " · ".join(f"{n} {_num(v)}" for n, v in parts if v is not None and v == v)
+
+
+def _header(row, image_id: str, anomaly_id: str) -> str:
+    kind = row["kind"]
+    if kind == "real":
+        return f"real image · train #{str(row['key']).rsplit(':', 1)[-1]}"
+    if kind == "prototype":
+        return f"prototype #{str(row['key']).split(':', 1)[-1]}"
+    if kind == "synthetic":
+        return f"passed #{image_id}"
+    if kind == "anomaly":
+        return f"anomaly #{image_id} · {row['status']}"
+    return f"{kind} #{image_id} of anomaly #{anomaly_id}"
+
+
+def _outline(kind: str) -> dict:
+    """Marker outline: none for the real cloud, the stroke of an open circle for candidates."""
+    if kind == "real":
+        return dict(width=0)
+    return dict(width=1.5 if kind == "candidate" else 0.6, color="#1e5e1e" if kind == "pick" else "#333")
+
+
+def _padded(values: pd.Series, pad: float = 0.06) -> list[float]:
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    d = (hi - lo) * pad or 0.5
+    return [lo - d, hi + d]
+
+
+def class_figure(frame: pd.DataFrame, title: str, thumb_url: Callable[[str], str | None]) -> go.Figure:
+    """The class view (``embedding.class_embedding``'s frame): one SVG trace per meaning (real,
+    prototype, passed, candidate, anomaly by decision state, pick), symbol by kind, zoomed to the
+    data. ``thumb_url`` maps a run-relative image file to a URL (None: no thumbnail).
+
+    Each point's customdata is ``CLASS_CUSTOMDATA``: image id ("" when none), kind, status, the
+    confidence/uniqueness/score text, the thumbnail URL ("" when none) and the anomaly id ("" when
+    none); ``PLOT_JS`` reads the last two for the hover thumbnail and click-to-open."""
+    fig = go.Figure()
+    categories = [_category(k, s) for k, s in zip(frame["kind"], frame["status"])]
+    for category, name, color in CLASS_STYLE:
+        sub = frame[[c == category for c in categories]]
+        if sub.empty:
+            continue
+        kind = sub["kind"].iloc[0]
+        rows = []
+        for _, row in sub.iterrows():
+            image_id, anomaly_id = _id(row["image_id"]), _id(row["anomaly_id"])
+            url = (thumb_url(row["file"]) if row["file"] else None) or ""
+            rows.append((image_id, kind, row["status"], _scores(row), url, anomaly_id))
+        custom = np.array(rows, dtype=object)
+        text = []
+        for (_, row), r in zip(sub.iterrows(), rows):
+            lines = [_header(row, r[0], r[5]), r[3]]
+            if r[5]:
+                lines.append(f"<i>click to open anomaly #{r[5]}</i>")
+            text.append("<br>".join(line for line in lines if line))
+        fig.add_trace(
+            go.Scatter(
+                x=sub["x"],
+                y=sub["y"],
+                mode="markers",
+                name=name,
+                marker=dict(
+                    color=color,
+                    symbol=SYMBOLS.get(kind, "circle"),
+                    size=CLASS_SIZES.get(kind, 8),
+                    line=_outline(kind),
+                    opacity=0.95 if kind != "real" else 0.8,
+                ),
+                text=text,
+                customdata=custom,
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
+    method = str(frame.attrs.get("method", "umap")).upper()
+    axis = dict(zeroline=False, showticklabels=False, gridcolor="#eeeeee")
+    if len(frame):
+        fig.update_xaxes(range=_padded(frame["x"]), autorange=False)
+        fig.update_yaxes(range=_padded(frame["y"]), autorange=False)
+    fig.update_layout(
+        title=title,
+        height=560,
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis=dict(title=f"{method} 1", **axis),
+        yaxis=dict(title=f"{method} 2", **axis),
+        legend=dict(itemsizing="constant"),
+        hovermode="closest",
+        template="plotly_white",
+    )
+    return fig
+
+
+# For the page head (inside a <script>): hover thumbnails and click-to-open on the class view.
+# Plotly graph divs inside #class-umap get handlers once (marked data-curator-umap; attached again
+# when plotly re-initialises the div and so drops them). Hovering a point whose customdata[4] is a
+# URL shows that image at the mouse; clicking a point whose customdata[5] is an anomaly id writes
+# it into the textbox inside #umap-click (an "input" event lets Gradio see it) and clicks
+# #umap-open-btn. Missing elements are skipped silently.
+PLOT_JS = """
+(() => {
+  if (window.__curatorUmap) return;
+  window.__curatorUmap = true;
+  let tip = null;
+  const tooltip = () => {
+    if (!tip) {
+      tip = document.createElement('img');
+      tip.id = 'umap-thumb-tip';
+      tip.alt = '';
+      Object.assign(tip.style, {position: 'fixed', width: '96px', height: '96px', imageRendering: 'pixelated',
+        pointerEvents: 'none', zIndex: '10000', display: 'none', background: '#fff',
+        border: '1px solid #999', borderRadius: '4px', boxShadow: '0 2px 6px rgba(0,0,0,.25)'});
+      document.body.appendChild(tip);
+    }
+    return tip;
+  };
+  const hide = () => { if (tip) tip.style.display = 'none'; };
+  const data = (ev) => (ev && ev.points && ev.points[0] && ev.points[0].customdata) || [];
+  const attach = (gd) => {
+    if (typeof gd.on !== 'function' || gd.__curatorOn === gd.on) return;
+    gd.__curatorOn = gd.on;
+    gd.dataset.curatorUmap = '1';
+    gd.on('plotly_hover', (ev) => {
+      const url = data(ev)[4];
+      if (!url) { hide(); return; }
+      const t = tooltip(), e = ev.event || {}, x = e.clientX || 0, y = e.clientY || 0;
+      if (t.getAttribute('src') !== url) t.src = url;
+      t.style.left = (x + 112 > window.innerWidth ? x - 110 : x + 14) + 'px';
+      t.style.top = (y + 112 > window.innerHeight ? y - 110 : y + 14) + 'px';
+      t.style.display = 'block';
+    });
+    gd.on('plotly_unhover', hide);
+    gd.on('plotly_click', (ev) => {
+      const id = data(ev)[5];
+      if (!id) return;
+      const box = document.getElementById('umap-click');
+      const input = box && (box.matches('input, textarea') ? box : box.querySelector('textarea, input'));
+      const el = document.getElementById('umap-open-btn');
+      const btn = el && (el.tagName === 'BUTTON' ? el : el.querySelector('button') || el);
+      if (!input || !btn) return;
+      hide();
+      input.value = String(id);
+      input.dispatchEvent(new Event('input', {bubbles: true}));
+      btn.click();
+    });
+  };
+  const scan = () => {
+    const root = document.getElementById('class-umap');
+    if (root) root.querySelectorAll('.js-plotly-plot').forEach(attach);
+  };
+  const start = () => {
+    scan();
+    new MutationObserver(scan).observe(document.body, {childList: true, subtree: true});
+  };
+  if (document.body) start(); else document.addEventListener('DOMContentLoaded', start);
+})();
+"""
