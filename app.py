@@ -12,6 +12,7 @@ to skip compiling UMAP in the background at start; ``CURATOR_MAX_UPLOAD_MB``,
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import threading
@@ -20,12 +21,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from curator.ui import AppSettings, build_demo, launch_kwargs  # noqa: E402
+from curator.ui import AppSettings, build_demo, cleanup, launch_kwargs  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The curator's web app.")
+    parser.add_argument(
+        "--public", action="store_true",
+        help="public mode (also on by itself on a Hugging Face Space, or with CURATOR_PUBLIC=1): each visitor "
+        "sees only their own runs; old runs, uploads and exports are deleted (README, Hosting a public demo)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = AppSettings()
+    settings = AppSettings(public=True) if args.public else AppSettings()
+    logging.getLogger("curator.ui").info(
+        "%s mode; runs in %s", "public" if settings.public else "private", settings.runs_dir
+    )
     demo = build_demo(settings)
     on_spaces = os.environ.get("SYSTEM") == "spaces"
     host = os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if on_spaces else "127.0.0.1")
@@ -33,6 +44,7 @@ def main() -> None:
     demo.queue(default_concurrency_limit=8).launch(
         server_name=host, server_port=port, prevent_thread_lock=True, **launch_kwargs(settings)
     )
+    cleanup.start_sweeper(settings)  # public mode only: deletes old runs, uploads and exports
     if os.environ.get("CURATOR_WARM_UMAP", "1") != "0":  # after the page answers: pay numba's compile time
         threading.Thread(target=_warm_umap, daemon=True).start()
     demo.block_thread()

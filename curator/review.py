@@ -12,6 +12,41 @@ import numpy as np
 from curator.errors import StoreError
 from curator.store import Decision, ImageRecord, RunStore
 
+# What became of an anomaly, and whether a person reviewed it (every state but "auto" and
+# "unresolved" is a person's). The UI, the overview and the CLI all read these names.
+DECISION_STATES = ("auto", "accepted", "overridden", "kept original", "dropped", "unresolved")
+REVIEWED_STATES = ("accepted", "overridden", "kept original", "dropped")
+
+
+def decision_state(decision: Decision | None, pick: int | None) -> str:
+    """One of ``DECISION_STATES`` for an anomaly's stored decision and stored automatic pick."""
+    if decision is None or decision.choice == "unresolved":
+        return "unresolved"
+    if decision.source != "user":
+        return "auto" if decision.choice == "candidate" else "unresolved"
+    if decision.choice == "candidate":
+        return "accepted" if decision.candidate_id == pick else "overridden"
+    return "kept original" if decision.choice == "original" else "dropped"
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One anomaly in the review queue (every anomaly of the run, class by class, prototype order)."""
+
+    anomaly_id: int
+    label: int
+    state: str  # one of DECISION_STATES
+
+    @property
+    def reviewed(self) -> bool:
+        return self.state in REVIEWED_STATES
+
+
+def review_queue(store: RunStore) -> list[QueueItem]:
+    """Every anomaly of the run in review order, with its decision state."""
+    decisions, picks = store.decisions(), store.auto_picks()
+    return [QueueItem(a.id, a.label, decision_state(decisions.get(a.id), picks.get(a.id))) for a in store.anomalies()]
+
 
 @dataclass(frozen=True)
 class ClassSummary:
@@ -28,10 +63,17 @@ class ClassSummary:
     confidence_after: float
     wall_seconds: float | None
     status: str
+    kept_original: int = 0  # of ``overridden``: a person kept the original
+    dropped: int = 0  # of ``overridden``: a person dropped the image
 
     @property
     def anomalies(self) -> int:
         return self.label_mismatch + self.low_confidence
+
+    @property
+    def other_candidate(self) -> int:
+        """Of ``overridden``: a person chose a candidate other than the automatic pick."""
+        return self.overridden - self.kept_original - self.dropped
 
 
 @dataclass(frozen=True)
@@ -67,14 +109,12 @@ def final_set(store: RunStore, label: int) -> list[Curated]:
 def summarize(store: RunStore, labels: list[int] | None = None) -> list[ClassSummary]:
     names = store.class_names
     classes = {c.label: c for c in store.classes()}
-    decisions = store.decisions()
+    decisions, picks = store.decisions(), store.auto_picks()
     out = []
     for label in labels if labels is not None else range(len(names)):
         synth = store.synthetic(label)
         anomalies = [r for r in synth if r.reason is not None]
-        ds = [decisions.get(a.id) for a in anomalies]
-        accepted = [d is not None and d.source == "user" and d.choice == "candidate"
-                    and d.candidate_id == store.auto_pick(d.anomaly_id) for d in ds]  # fmt: skip
+        states = [decision_state(decisions.get(a.id), picks.get(a.id)) for a in anomalies]
         final = final_set(store, label)
         out.append(
             ClassSummary(
@@ -83,10 +123,12 @@ def summarize(store: RunStore, labels: list[int] | None = None) -> list[ClassSum
                 images=len(synth),
                 label_mismatch=sum(a.reason == "label_mismatch" for a in anomalies),
                 low_confidence=sum(a.reason == "low_confidence" for a in anomalies),
-                resolved_auto=sum(d is not None and d.source == "auto" and d.choice == "candidate" for d in ds),
-                accepted=sum(accepted),
-                overridden=sum(d is not None and d.source == "user" and not acc for d, acc in zip(ds, accepted)),
-                unresolved=sum(d is None or d.choice == "unresolved" for d in ds),
+                resolved_auto=states.count("auto"),
+                accepted=states.count("accepted"),
+                overridden=sum(s in REVIEWED_STATES and s != "accepted" for s in states),
+                unresolved=states.count("unresolved"),
+                kept_original=states.count("kept original"),
+                dropped=states.count("dropped"),
                 confidence_before=float(np.mean([r.confidence for r in synth])) if synth else float("nan"),
                 confidence_after=float(np.mean([f.image.confidence for f in final])) if final else float("nan"),
                 wall_seconds=classes[label].wall_seconds,

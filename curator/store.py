@@ -84,8 +84,6 @@ def _after_commit() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-
-
 @dataclass(frozen=True)
 class Decision:
     anomaly_id: int
@@ -161,11 +159,13 @@ class NewImage:
 
 @dataclass(frozen=True)
 class Undone:
-    """What ``undo_last`` reverted: the anomaly and the decision now in force (None = none)."""
+    """What ``undo_last`` reverted: the anomaly, the decision now in force (None = none) and the
+    decision that was undone (``was``; None for logs written before it was kept)."""
 
     anomaly_id: int
     label: int
     now: Decision | None
+    was: Decision | None = None
 
 
 _IMAGE_COLUMNS = (
@@ -502,6 +502,12 @@ class RunStore:
         d = self.decision(anomaly_id)
         return d.candidate_id if d is not None and d.source == "auto" else None
 
+    def auto_picks(self) -> dict[int, int | None]:
+        """Every stored automatic pick: {anomaly id: candidate id or None}, with ``auto_pick``'s fallback."""
+        picks = {d.anomaly_id: d.candidate_id for d in self.decisions().values() if d.source == "auto"}
+        picks.update(dict(self.db.execute("SELECT anomaly_id, candidate_id FROM auto_picks")))
+        return picks
+
     def decisions(self) -> dict[int, Decision]:
         """Every decision of the run: {anomaly id: decision}."""
         rows = self.db.execute("SELECT anomaly_id, choice, candidate_id, source FROM decisions")
@@ -527,19 +533,20 @@ class RunStore:
         """Revert the most recent logged decision; None when the log is empty."""
         with self.transaction():
             row = self.db.execute(
-                "SELECT l.id, l.anomaly_id, l.before, i.label FROM decision_log l JOIN images i ON i.id = l.anomaly_id "
-                "ORDER BY l.id DESC LIMIT 1"
+                "SELECT l.id, l.anomaly_id, l.before, l.after, i.label FROM decision_log l "
+                "JOIN images i ON i.id = l.anomaly_id ORDER BY l.id DESC LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
-            log_id, anomaly_id, before, label = row
+            log_id, anomaly_id, before, after, label = row
+            was = Decision(anomaly_id, **json.loads(after)) if after else None
             self.db.execute("DELETE FROM decision_log WHERE id=?", (log_id,))
             if before is None:
                 self.db.execute("DELETE FROM decisions WHERE anomaly_id=?", (anomaly_id,))
-                return Undone(anomaly_id, label, None)
+                return Undone(anomaly_id, label, None, was)
             d = Decision(anomaly_id, **json.loads(before))
             self.decide(d, log=False)
-            return Undone(anomaly_id, label, d)
+            return Undone(anomaly_id, label, d, was)
 
     # --- real features (feature centre, UMAP) --------------------------------------------------
     def set_real_features(

@@ -34,22 +34,26 @@ def test_tiny_run_override_and_export_over_http(app):
     out = start(client, app)
     assert out[0].startswith("✔ run ") and "2 classes" in out[0]
 
-    panel = client.predict(0, api_name="/run_class")
-    assert panel[0].startswith("✔ done"), panel[0]
+    out = client.predict(0, api_name="/run_class")
+    assert out[0].startswith("✔ class a done"), out[0]
+    panel = out[1:]  # the job's message, then the panel
     anomalies = frame(panel[2])
     assert len(anomalies) == 3 and len(panel[1]["value"]) == 3  # tau 0.99: every image of the random detector
     aid = int(anomalies["anomaly"][0])
+    assert panel[3] == aid and panel[11] == "1 of 3 · 3 to review"
 
     shown = client.predict(0, aid, api_name="/show_anomaly")
     assert shown[3] == aid and f"**Anomaly #{aid}**" in shown[4]
     cands = frame(shown[8])
-    assert len(cands) == 4 and len(shown[7]["value"]) == 4 and cands["score"].notna().all()
-    auto = cands[cands["mark"].str.contains("auto pick")]["candidate"].tolist()
+    assert len(cands) == 4 and shown[7].count("data-cid=") == 4 and (cands["score"] != "–").all()
+    auto = cands[cands["pick"] == "★"]["candidate"].tolist()
     other = int(cands[~cands["candidate"].isin(auto)]["candidate"].iloc[0])
 
     chosen = client.predict(0, aid, other, api_name="/choose_candidate")
-    assert chosen[0].startswith(f"✔ #{aid}: candidate #{other} chosen"), chosen[0]
-    assert frame(chosen[2]).set_index("anomaly").loc[aid, "decision"] == f"candidate #{other} (you)"
+    assert chosen[0].startswith(f"✔ #{aid}: candidate #{other} kept (overridden)"), chosen[0]
+    assert frame(chosen[2]).set_index("anomaly").loc[aid, "state"] == "overridden"
+    nxt = client.predict(0, aid, api_name="/next_unreviewed")  # the queue, over the API too
+    assert nxt[3] != aid and nxt[3] in anomalies["anomaly"].tolist()
 
     msg, download, preview = client.predict(api_name="/export")
     assert msg.startswith("✔ exported") and download["visible"] is True
@@ -75,4 +79,5 @@ def test_two_clients_have_separate_sessions(app):
     first, second = Client(app["url"], verbose=False), Client(app["url"], verbose=False)
     assert start(first, app)[0].startswith("✔")
     assert first.predict(0, api_name="/show_class")[0] == "class a has not been run yet: press “Run this class”"
+    assert first.predict(0, api_name="/show_class")[10]["value"] == 0
     assert second.predict(0, api_name="/show_class")[0].startswith("⚠ no run open")

@@ -74,8 +74,40 @@ def fill_number(page, label: str, value) -> None:
     box.press("Tab")
 
 
-def test_run_select_override_and_export_in_a_browser(browser, app, tmp_path):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+def msg(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
+
+
+def wait_msg(page, elem_id: str, pattern: str, timeout: int = 120_000) -> str:
+    page.wait_for_function(
+        "([id, p]) => { const el = document.querySelector(`#${id} textarea, #${id} input`);"
+        " return el && new RegExp(p).test(el.value); }",
+        arg=[elem_id, pattern],
+        timeout=timeout,
+    )
+    return msg(page, elem_id)
+
+
+def shown_anomaly(page) -> int | None:
+    v = page.locator("#anomaly-id input").input_value()
+    return int(float(v)) if v else None
+
+
+def wait_anomaly(page, aid: int) -> None:
+    page.wait_for_function("v => document.querySelector('#anomaly-id input').value === v", arg=str(aid))
+    page.locator("#anomaly-md").get_by_text(f"Anomaly #{aid}").wait_for()
+
+
+def class_shown(page) -> str:
+    return page.locator("#class-dd input").input_value()
+
+
+def test_review_a_run_in_a_browser(browser, app, tmp_path):
+    """The review panel as a person uses it, at 1400×900: errors that stay, the pipeline's ★, cards
+    that select, one queue across classes, undo that moves the view, the class map, export."""
+    from curator.store import RunStore
+
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(60_000)
     try:
@@ -84,80 +116,135 @@ def test_run_select_override_and_export_in_a_browser(browser, app, tmp_path):
         page.get_by_text("Device in use:").wait_for()
         shot(page, "01-loaded")
 
+        # a failed Start: its message (with < and > as they are) is still next to Start 3 s later
+        flat = tmp_path / "flat"
+        flat.mkdir()
+        (flat / "notes.txt").write_text("not images")
         page.get_by_label("folder on the server").check()
-        page.get_by_label("ImageFolder path on the server").fill(app["data"])
+        page.get_by_label("ImageFolder path on the server").fill(str(flat))
         page.get_by_label("model folders").check()
         page.get_by_label("Generator folder").fill(app["gen"])
         page.get_by_label("Detector folder").fill(app["det"])
         fill_number(page, "IPC (images per class)", 3)
         fill_number(page, "K (candidates per anomaly)", 4)
         fill_number(page, "DDIM steps", 2)
+        fill_number(page, "tau (confidence threshold)", 5)  # out of range: refused, not clamped
         page.locator("#start-btn").click()
-        status(page).get_by_text(re.compile(r"run run-.* created")).wait_for()
-        shot(page, "02-started")
+        wait_msg(page, "setup-msg", "tau must be in \\[0, 1\\], got 5")
+        fill_number(page, "tau (confidence threshold)", 0.99)
+        page.locator("#start-btn").click()
+        wait_msg(page, "setup-msg", "is not an ImageFolder")
+        time.sleep(3)
+        failed = msg(page, "setup-msg")
+        assert "expected root/<class>/<image>" in failed and str(app["runs"]) not in failed
+        shot(page, "02-start-error-after-3s")
+
+        page.get_by_label("ImageFolder path on the server").fill(app["data"])
+        page.locator("#start-btn").click()
+        wait_msg(page, "setup-msg", "run run-.* created")
+        run_id = re.search(r"run-[\w-]+", page.locator("#run-info").inner_text()).group(0)
+        store = RunStore.open(Path(app["runs"]) / run_id)
 
         page.get_by_role("tab", name="Curate").click()
-        page.locator("#run-class-btn").click()
-        status(page).get_by_text(re.compile("done in")).wait_for()
-        thumbs = page.locator("#class-gallery .thumbnail-item")
-        assert thumbs.count() == 3
-        shot(page, "03-class-run")
+        page.locator("#run-all-btn").click()
+        wait_msg(page, "run-msg", "all 2 classes done")
+        queue = [a.id for a in store.anomalies()]
+        assert {a.label for a in store.anomalies()} == {0, 1}  # tau 0.99: anomalies in both classes
+        wait_anomaly(page, queue[0])  # opened on the first anomaly to review
 
-        anomaly_md = page.locator("#anomaly-md")
-        anomaly_box = page.locator("#anomaly-id input")
-        anomaly_md.get_by_text("Anomaly #").wait_for()
-        first = anomaly_box.input_value()
-        thumbs.nth(1).click()  # with tau 0.99 every image is an anomaly: select the second
-        page.wait_for_function("v => document.querySelector('#anomaly-id input').value !== v", arg=first)
-        aid = int(anomaly_box.input_value())
-        anomaly_md.get_by_text(f"Anomaly #{aid}").wait_for()
-        cands = page.locator("#candidates .thumbnail-item")
-        assert cands.count() == 4
-        captions = page.locator("#candidates .caption-label").all_inner_texts()
-        assert sum("★ auto pick" in c for c in captions) <= 1
-        target = next(i for i, c in enumerate(captions) if "auto pick" not in c)
-        cid = int(re.match(r"#(\d+)", captions[target]).group(1))
-        cands.nth(target).click()
-        status(page).get_by_text(f"candidate #{cid} selected").wait_for()
+        # the ★ is on the pick the pipeline stored
+        aid = shown_anomaly(page)
+        cards = page.locator("#candidates .card")
+        assert cards.count() == 4
+        pick = store.auto_pick(aid)
+        starred = page.locator("#candidates .card:has(.star)")
+        assert [int(c) for c in starred.evaluate_all("els => els.map(e => e.dataset.cid)")] == (
+            [pick] if pick is not None else []
+        )
+        # one screen per anomaly: the candidate grid and the action bar fit a 1400×900 viewport
+        for sel in ("#candidates .cards", "#action-bar", "#original", "#accept-btn", "#status"):
+            box = page.locator(sel).bounding_box()
+            assert box and box["y"] >= 0 and box["y"] + box["height"] <= 900 and box["x"] + box["width"] <= 1400, sel
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "03-curate-1400x900.png"))  # the viewport only
+
+        # a click on a card selects it; "Use selected" keeps it
+        other = next(int(c) for c in cards.evaluate_all("els => els.map(e => e.dataset.cid)") if int(c) != pick)
+        page.locator(f'#candidates .card[data-cid="{other}"]').click()
+        page.wait_for_function("v => document.querySelector('#candidate-id input').value === v", arg=str(other))
         page.locator("#choose-btn").click()
-        status(page).get_by_text(f"#{aid}: candidate #{cid} chosen (your decision)").wait_for()
-        anomaly_md.get_by_text(f"candidate #{cid} (you)").wait_for()
-        assert "✔ your choice" in page.locator("#candidates .caption-label").nth(target).inner_text()
-        shot(page, "04-overridden")
+        wait_msg(page, "status", f"#{aid}: candidate #{other} kept \\(overridden\\)")
+        page.locator(f'#candidates .card.chosen[data-cid="{other}"]').wait_for()
+        assert store.decision(aid).candidate_id == other
 
-        run_id = re.search(r"run-[\w-]+", page.locator("#run-info").inner_text()).group(0)
+        # N walks the queue: every anomaly of the run once, the class picker following
+        page.locator("#anomaly-md").click()  # focus out of any text field
+        seen, classes = [], set()
+        for _ in queue:
+            seen.append(shown_anomaly(page))
+            classes.add(class_shown(page).split(" ·")[0])
+            page.keyboard.press("n")
+            page.wait_for_function("v => document.querySelector('#anomaly-id input').value !== v", arg=str(seen[-1]))
+        assert seen == queue and classes == {"0", "1"} and shown_anomaly(page) == queue[0]
+
+        # undo across classes: a decision in class b, then U while looking at class a
+        first_b = next(a.id for a in store.anomalies(1))
+        page.locator("#anomaly-id input").fill(str(first_b))
+        page.locator("#show-btn").click()
+        wait_anomaly(page, first_b)
+        page.locator("#drop-btn").click()
+        wait_msg(page, "status", f"#{first_b}: dropped")
+        page.locator("#anomaly-id input").fill(str(queue[0]))
+        page.locator("#show-btn").click()
+        wait_anomaly(page, queue[0])
+        assert class_shown(page).startswith("0 ·")
+        page.locator("#anomaly-md").click()
+        page.keyboard.press("u")
+        wait_msg(page, "status", f"undone on #{first_b} \\(class b\\): dropped")
+        wait_anomaly(page, first_b)
+        assert class_shown(page).startswith("1 ·")
+        shot(page, "04-undone")
+
+        # the class map: hover thumbnails, a click on an anomaly opens it in Curate
+        page.get_by_role("tab", name="Embeddings").click()
+        wait_msg(page, "umap-msg", "class b: .* in ")
+        page.locator("#class-umap .js-plotly-plot").wait_for()
+        time.sleep(1)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "05-class-map.png"))
+        target = queue[-1] if store.image(queue[-1]).label == 1 else first_b
+        xy = page.evaluate(POINT_XY, str(target))
+        assert xy, f"anomaly #{target} is not on the class map"
+        page.get_by_role("tab", name="Curate").click()
+        page.locator("#anomaly-id input").fill(str(queue[0]))
+        page.locator("#show-btn").click()
+        wait_anomaly(page, queue[0])
+        page.get_by_role("tab", name="Embeddings").click()
+        wait_msg(page, "umap-msg", "class a: .* in ")
+        page.locator("#class-umap .js-plotly-plot").wait_for()
+        time.sleep(1)
+        target = queue[0]
+        xy = page.evaluate(POINT_XY, str(target))
+        assert xy, f"anomaly #{target} is not on the class map"
+        page.mouse.move(xy[0], xy[1])
+        page.locator("#umap-thumb-tip").wait_for(state="visible")  # hover shows the thumbnail
+        page.mouse.click(xy[0], xy[1])
+        page.locator("#anomaly-md").get_by_text(f"Anomaly #{target}").wait_for()
+        assert page.locator("#candidates .cards").is_visible()  # back in Curate
+
         page.reload()  # the browser remembers its run: the same run and decision come back
         page.locator("#run-info").get_by_text(run_id).first.wait_for()
         page.get_by_role("tab", name="Curate").click()
-        page.locator("#anomaly-table").get_by_text(f"candidate #{cid} (you)").wait_for()
-
         page.locator("#anomaly-md").get_by_text("Anomaly #").wait_for()
-        page.locator("#anomaly-md").click()  # focus out of any text field, then use the shortcuts
-        # the page-load restore may still be filling the panel: press again if it put the old anomaly back
-        for attempt in range(3):
-            page.locator("#anomaly-md").click()
-            page.keyboard.press("n")
-            try:
-                page.wait_for_function("v => document.querySelector('#anomaly-id input').value !== v",
-                                       arg=str(aid), timeout=10_000)
-                time.sleep(1)
-                if page.locator("#anomaly-id input").input_value() != str(aid):
-                    break
-            except Exception:
-                if attempt == 2:
-                    raise
-        page.keyboard.press("p")
-        page.wait_for_function("v => document.querySelector('#anomaly-id input').value === v", arg=str(aid))
-        assert page.get_by_text("Keyboard").first.is_visible()
 
         page.get_by_role("tab", name="Export").click()
         page.locator("#export-btn").click()
-        status(page).get_by_text("exported").wait_for()
+        wait_msg(page, "export-msg", "exported")
         with page.expect_download() as info:
             page.locator("#download-btn").click()
         zip_path = tmp_path / "export.zip"
         info.value.save_as(zip_path)
-        shot(page, "05-exported")
+        shot(page, "06-exported")
         with zipfile.ZipFile(zip_path) as zf:
             meta = pd.read_csv(zf.open("provenance.csv"))
         user = meta[meta["decision"] == "user"]
@@ -167,3 +254,23 @@ def test_run_select_override_and_export_in_a_browser(browser, app, tmp_path):
         raise
     finally:
         context.close()
+
+
+# The page coordinates of the class map's point whose anomaly id (customdata[5]) is the given one
+# and whose kind is "anomaly", from plotly's own axes.
+POINT_XY = """
+(aid) => {
+  const gd = document.querySelector('#class-umap .js-plotly-plot');
+  if (!gd || !gd._fullLayout) return null;
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
+  for (const t of gd._fullData) {
+    const cd = t.customdata || [];
+    for (let i = 0; i < cd.length; i++) {
+      if (cd[i] && String(cd[i][5]) === aid && cd[i][1] === 'anomaly') {
+        return [r.left + xa._offset + xa.l2p(t.x[i]), r.top + ya._offset + ya.l2p(t.y[i])];
+      }
+    }
+  }
+  return null;
+}
+"""

@@ -6,7 +6,7 @@ under a second; ``tau = 0.99`` makes every image of the random detector an anoma
 
 from __future__ import annotations
 
-import sys
+import re
 import zipfile
 from pathlib import Path
 
@@ -72,11 +72,23 @@ def started(cb: Callbacks, assets: dict, **kw) -> dict:
     return out[1]
 
 
+# the panel's outputs by name (Callbacks.panel); a run's outputs are its message, then the panel
+P = dict(
+    msg=0, gallery=1, anomalies=2, aid=3, text=4, original=5, proto=6, cards=7, table=8, cid=9, picker=10, queue=11
+)
+
+
+def card_info(html: str) -> dict[int, tuple[set[str], str]]:
+    """{candidate id: (the card's CSS classes, its inner HTML)} from the candidate grid's HTML."""
+    parts = re.split(r'<div class="(card [^"]*)" data-cid="(\d+)"', html)[1:]
+    return {int(parts[i + 1]): (set(parts[i].split()), parts[i + 2]) for i in range(0, len(parts), 3)}
+
+
 def ran(cb: Callbacks, assets: dict, label: int = 0, **kw) -> tuple[dict, tuple]:
     state = started(cb, assets, **kw)
-    panel = cb.run_class(state, label, progress=None)
-    assert panel[0].startswith("✔"), panel[0]
-    return state, panel
+    out = cb.run_class(state, label, progress=None)
+    assert out[0].startswith("✔"), out[0]
+    return state, out[1:]
 
 
 class Recorder:
@@ -99,7 +111,7 @@ def test_start_run_creates_a_run_and_lists_it(cb, assets):
     assert msg.startswith("✔") and "2 classes" in msg
     assert (Path(state["run"]) / "run.sqlite").is_file() and saved == state["run"]
     assert [v for _, v in runs["choices"]] == [state["run"]]
-    assert classes["choices"] == [("0: a (pending)", 0), ("1: b (pending)", 1)] and classes["value"] == 0
+    assert classes["choices"] == [("0 · a — not run yet", 0), ("1 · b — not run yet", 1)] and classes["value"] == 0
     assert f"IPC {IPC}" in info and f"K {K}" in info
 
 
@@ -177,24 +189,34 @@ def test_an_internal_error_is_logged_and_shown_without_a_traceback(cb, assets, m
 def test_run_class_reports_stages_and_shows_anomalies_with_candidates(cb, assets):
     state = started(cb, assets)
     rec = Recorder()
-    panel = cb.run_class(state, 0, progress=rec)
-    msg, gallery, anomalies, aid, text, original, proto, cands, table, cid = panel[:PANEL_SIZE]
+    out = cb.run_class(state, 0, progress=rec)
+    assert len(out) == PANEL_SIZE + 1 and out[0].startswith("✔ class a done")
+    msg, gallery, anomalies, aid, text, original, proto, cards, table, cid, picker, queue = out[1:]
     stages = [d.split(": ", 1)[1].split(" ")[0] for _, d in rec.calls]
     assert [s for s in STAGES if s in stages] == STAGES and stages.index("synthesis") < stages.index("refinement")
     assert all(total >= done for (done, total), _ in rec.calls)
-    assert msg.startswith("✔ done") and panel[PANEL_SIZE]["choices"][0] == ("0: a (done)", 0)
+    assert picker["choices"][0] == (f"0 · a — {IPC} anomalies, {IPC} to review", 0) and picker["value"] == 0
+    assert queue == f"1 of {IPC} · {IPC} to review"
     assert len(gallery["value"]) == IPC and all(Path(p).is_file() for p, _ in gallery["value"])
     assert len(anomalies) == IPC and aid == anomalies["anomaly"][0]  # tau 0.99: all anomalous
     assert gallery["selected_index"] == 0 and gallery["value"][0][1].startswith(f"⚠ #{aid}")
     assert Path(original["value"]).is_file() and Path(proto).is_file()
-    assert len(cands["value"]) == K and len(table) == K
+    info = card_info(cards)
+    assert len(info) == K and len(table) == K
     assert list(table.columns[:5]) == ["candidate", "round", "confidence", "uniqueness", "score"]
-    assert table["score"].notna().all() and table["predicted"].isin(list(CLASSES)).all()
-    pick = table[table["mark"].str.contains("auto pick")]
-    consistent = table[table["consistent"]]
-    if len(consistent):
-        assert len(pick) == 1 and pick["score"].iloc[0] == consistent["score"].max()
-        assert cid == pick["candidate"].iloc[0] and "★ auto pick" in cands["value"][cands["selected_index"]][1]
+    assert (table["score"] != "–").all() and table["predicted"].isin(list(CLASSES)).all()
+    store = RunStore.open(state["run"])
+    pick = store.auto_pick(aid)  # the card with the star is the stored pick, and it starts selected
+    assert table.loc[table["pick"] == "★", "candidate"].tolist() == ([pick] if pick else [])
+    assert [c for c, (_, inner) in info.items() if "class='star'" in inner] == ([pick] if pick else [])
+    if pick:
+        assert cid == pick and "selected" in info[pick][0] and "pick" in info[pick][0]
+    for c in store.candidates(aid):  # every card shows its scores and what the detector said of it
+        want = "other" if c.predicted != 0 else ("pass" if c.confidence >= 0.99 else "below")
+        classes, inner = info[c.id]
+        assert f"mark-{want}" in classes and f"conf <b>{c.confidence:.3f}</b>" in inner
+        assert f"uniq <b>{c.uniqueness:.2f}</b>" in inner and f"score <b>{c.score:.2f}</b>" in inner
+        assert ("other: b" in inner) == (c.predicted == 1)
 
 
 def test_cancel_stops_between_batches_and_the_run_resumes(cb, assets):
@@ -202,69 +224,156 @@ def test_cancel_stops_between_batches_and_the_run_resumes(cb, assets):
     rec = Recorder(cancel_at="synthesis", run_path=state["run"])
     out = cb.run_class(state, 0, progress=rec)
     assert out[0].startswith("⚠ cancelled") and len(out) == PANEL_SIZE + 1
+    assert all(o == {"__type__": "update"} for o in out[1:])  # the view stays as it was
     store = RunStore.open(state["run"])
     assert store.class_status(0) == "running"
     assert not store.db.execute("SELECT COUNT(*) FROM images WHERE kind='candidate'").fetchone()[0]
     out = cb.run_class(state, 0, progress=Recorder())  # the flag is cleared when a job starts
-    assert out[0].startswith("✔ done") and store.class_status(0) == "done"
+    assert out[0].startswith("✔ class a done") and store.class_status(0) == "done"
     assert len(store.candidates(store.anomalies(0)[0].id)) == K
 
 
 def test_regenerate_adds_a_round_of_k_candidates(cb, assets):
     state, panel = ran(cb, assets)
-    aid = panel[3]
+    aid = panel[P["aid"]]
     out = cb.regenerate(state, 0, aid, progress=None)
     assert out[0] == f"✔ #{aid}: round 2 of candidates added and rescored"
-    assert len(out[8]) == 2 * K and sorted(set(out[8]["round"])) == [1, 2]
+    table = out[1:][P["table"]]
+    assert len(table) == 2 * K and sorted(set(table["round"])) == [1, 2]
+    assert out[1:][P["aid"]] == aid  # the same anomaly stays in view
 
 
 # --- review ---------------------------------------------------------------------------------------
+def _frame(panel) -> pd.DataFrame:
+    return panel[P["anomalies"]].set_index("anomaly")
+
+
 def test_decisions_are_saved_undoable_and_survive_a_restart(cb, assets):
     state, panel = ran(cb, assets)
-    aid, table = panel[3], panel[8]
-    other = int(table["candidate"][~table["mark"].str.contains("auto")].iloc[0])
+    aid, table = panel[P["aid"]], panel[P["table"]]
+    other = int(table["candidate"][table["pick"] != "★"].iloc[0])
     out = cb.decide(state, 0, aid, other, "candidate")
-    assert out[0].startswith(f"✔ #{aid}: candidate #{other} chosen") and out[9] == other
-    assert "✔ your choice" in out[8].set_index("candidate").loc[other, "mark"]
+    assert out[0].startswith(f"✔ #{aid}: candidate #{other} kept (overridden)") and out[P["cid"]] == other
+    assert [c for c, (classes, _) in card_info(out[P["cards"]]).items() if "chosen" in classes] == [other]
     assert RunStore.open(state["run"]).decision(aid).source == "user"  # written before returning
 
-    second = int(panel[2]["anomaly"][1])
+    second = int(panel[P["anomalies"]]["anomaly"][1])
     cb.decide(state, 0, second, None, "drop")
-    assert cb.undo(state, 0, second)[0].startswith(f"✔ undone: #{second}")
+    undone = cb.undo(state, 0, second)
+    assert undone[0].startswith(f"✔ undone on #{second} (class a): dropped; now ") and undone[P["aid"]] == second
     assert RunStore.open(state["run"]).decision(second).choice != "drop"
 
     # a new server process (fresh Callbacks) reopening the run sees the same decision
     fresh = Callbacks(AppSettings(runs_dir=cb.settings.runs_dir))
     out = fresh.open_run(state["run"])
-    assert out[0].startswith("✔ reopened") and out[1] == state
+    assert out[0].startswith("✔ reopened") and out[1]["run"] == state["run"]
     shown = fresh.show_anomaly(out[1], 0, aid)
-    assert f"candidate #{other} (you)" in shown[4]
-    assert shown[2].set_index("anomaly").loc[aid, "decision"] == f"candidate #{other} (you)"
+    assert f"#{other} · overridden" in shown[P["text"]]
+    assert _frame(shown).loc[aid, "state"] == "overridden"
 
 
-def test_keep_original_accept_and_navigation(cb, assets):
+def test_each_decision_state_is_named_and_counted(cb, assets):
     state, panel = ran(cb, assets)
-    ids = [int(a) for a in panel[2]["anomaly"]]
-    out = cb.decide(state, 0, ids[0], None, "original")
-    assert "keep original (you)" in out[4]
-    assert cb.step_anomaly(state, 0, ids[0], 1)[3] == ids[1]
-    assert cb.step_anomaly(state, 0, ids[0], -1)[3] == ids[-1]  # wraps around
-    picks = {a: RunStore.open(state["run"]).decision(a) for a in ids}
-    accepted = next((a for a in ids if picks[a].choice == "candidate"), None)
-    if accepted is not None:
-        out = cb.decide(state, 0, accepted, None, "accept")
-        assert "accepted; next anomaly" in out[0] and out[3] == ids[(ids.index(accepted) + 1) % len(ids)]
-        store = RunStore.open(state["run"])
-        d = store.decision(accepted)  # a person reviewed it: a user decision, shown as "accepted"
-        assert (d.source, d.candidate_id) == ("user", store.auto_pick(accepted))
-        assert cb.show_anomaly(state, 0, accepted)[2].set_index("anomaly").loc[accepted, "decision"].endswith(
-            "(accepted)"
-        )
-        assert summarize(store, [0])[0].accepted == 1
-    assert cb.decide(state, 0, ids[0], 123456, "candidate")[0].endswith("has no image 123456")
-    foreign = int(cb.show_anomaly(state, 0, ids[1])[8]["candidate"].iloc[0])
-    bad = cb.decide(state, 0, ids[0], foreign, "candidate")
-    assert bad[0] == f"⚠ image {foreign} is not a candidate of anomaly {ids[0]}"
+    store = RunStore.open(state["run"])
+    ids = [int(a) for a in panel[P["anomalies"]]["anomaly"]]
+    with_pick = [a for a in ids if store.auto_pick(a) is not None]
+    before = _frame(panel)["state"].tolist()
+    assert all(s in ("auto", "unresolved") for s in before)  # nobody has reviewed anything yet
+    cb.decide(state, 0, ids[0], None, "original")
+    cb.decide(state, 0, ids[1], None, "drop")
+    if with_pick:
+        cb.decide(state, 0, with_pick[-1], None, "accept")
+    out = cb.show_class(state, 0)
+    states = _frame(out)["state"]
+    assert states[ids[0]] == "kept original" and states[ids[1]] == "dropped"
+    if with_pick and with_pick[-1] not in ids[:2]:
+        assert states[with_pick[-1]] == "accepted"
+    df = cb.overview(state, "all classes", "label", False)[1].set_index("class")
+    assert df.loc["a", "kept original"] == 1 and df.loc["a", "dropped"] == 1
+    assert df.loc["a", "to review"] == sum(s in ("auto", "unresolved") for s in states)
+    assert df.loc["a", ["auto", "accepted", "overridden", "kept original", "dropped", "unresolved"]].sum() == IPC
+
+
+def test_accept_keeps_the_stored_pick_and_moves_to_the_next_to_review(cb, assets):
+    state, panel = ran(cb, assets)
+    store = RunStore.open(state["run"])
+    ids = [int(a) for a in panel[P["anomalies"]]["anomaly"]]
+    accepted = next((a for a in ids if store.auto_pick(a) is not None), None)
+    if accepted is None:
+        pytest.skip("no anomaly of this tiny run has an automatic pick")
+    out = cb.decide(state, 0, accepted, None, "accept")
+    assert out[0].startswith(f"✔ #{accepted}: automatic pick #{store.auto_pick(accepted)} accepted")
+    d = store.decision(accepted)  # a person reviewed it: a user decision, shown as "accepted"
+    assert (d.source, d.candidate_id) == ("user", store.auto_pick(accepted))
+    assert out[P["aid"]] != accepted and out[P["aid"]] in ids  # on to one still to review
+    assert summarize(store, [0])[0].accepted == 1
+    # accepting over a person's own choice says so (and U undoes it)
+    cb.decide(state, 0, accepted, None, "drop")
+    assert "(it was dropped; U undoes)" in cb.decide(state, 0, accepted, None, "accept")[0]
+
+
+def test_bad_decisions_are_refused_and_leave_the_view(cb, assets):
+    state, panel = ran(cb, assets)
+    ids = [int(a) for a in panel[P["anomalies"]]["anomaly"]]
+    bad = cb.decide(state, 0, ids[0], 123456, "candidate")
+    assert bad[0].endswith("has no image 123456") and all(o == {"__type__": "update"} for o in bad[1:])
+    foreign = int(cb.show_anomaly(state, 0, ids[1])[P["table"]]["candidate"].iloc[0])
+    assert (
+        cb.decide(state, 0, ids[0], foreign, "candidate")[0]
+        == f"⚠ image {foreign} is not a candidate of anomaly {ids[0]}"
+    )
+
+
+def test_the_queue_runs_across_classes_and_undo_moves_the_view(cb, assets):
+    state = started(cb, assets)
+    out = list(cb.run_all(state, 0, None, progress=None))
+    assert out[-1][0].startswith("✔ all 2 classes done") and len(out[-1]) == PANEL_SIZE + 1
+    store = RunStore.open(state["run"])
+    queue = [a.id for a in store.anomalies()]
+    assert {a.label for a in store.anomalies()} == {0, 1}  # tau 0.99: anomalies in both classes
+    assert len(out) == 3 and out[0][0].startswith("✔ 1 of 2 classes done")  # one update per class, then the end
+    assert out[0][1 + P["aid"]] == queue[0]  # opened on the first anomaly to review as soon as class a was done
+    assert out[1][1 + P["aid"]] == {"__type__": "update"}  # then left alone (the user may be reviewing) ...
+    assert out[1][1 + P["picker"]]["choices"][1][0].startswith("1 · b — ")  # ... while class b becomes reviewable
+    panel = out[0][1:]
+    seen, aid = [], panel[P["aid"]]
+    for _ in queue:  # N visits every anomaly of the run once, crossing into class b, then wraps
+        seen.append(aid)
+        nxt = cb.step_anomaly(state, 0, aid, 1)
+        assert nxt[P["picker"]]["value"] == store.image(nxt[P["aid"]]).label  # the class picker follows
+        aid = nxt[P["aid"]]
+    assert seen == queue and aid == queue[0]
+    assert cb.step_anomaly(state, 0, queue[0], -1)[P["aid"]] == queue[-1]
+
+    first_b = next(a.id for a in store.anomalies(1))
+    cb.decide(state, 1, first_b, None, "drop")  # a decision in class b ...
+    view_a = cb.show_class(state, 0)  # ... then the user looks at class a and presses U
+    assert view_a[P["picker"]]["value"] == 0
+    undone = cb.undo(state, 0, view_a[P["aid"]])
+    assert undone[P["aid"]] == first_b and undone[P["picker"]]["value"] == 1  # the view moves to what was undone
+    assert "(class b): dropped" in undone[0]
+    assert cb.undo(state, 1, first_b)[0] == "⚠ nothing to undo"
+
+    todo = cb.next_unreviewed(state, 0, queue[0])  # J: the next one nobody reviewed
+    assert todo[P["aid"]] == queue[1]
+    assert "to review" in todo[P["queue"]]
+
+
+def test_a_card_click_selects_its_candidate(cb, assets):
+    state, panel = ran(cb, assets)
+    aid = panel[P["aid"]]
+    cid = int(panel[P["table"]]["candidate"].iloc[-1])
+
+    class Evt:
+        _data = {"cid": cid}
+
+        def __getattr__(self, name):
+            return self._data[name]
+
+    msg, selected = cb.select_candidate(state, aid, Evt())
+    assert selected == cid and msg.startswith(f"✔ candidate #{cid} selected")
+    Evt._data = {"cid": 999999}
+    assert cb.select_candidate(state, aid, Evt())[0] == f"⚠ image 999999 is not a candidate of anomaly {aid}"
 
 
 def test_two_sessions_keep_their_own_runs(cb, assets):
@@ -273,9 +382,9 @@ def test_two_sessions_keep_their_own_runs(cb, assets):
     assert s1["run"] != s2["run"]
     g1, g2 = cb.show_class(s1, 0)[1]["value"], cb.show_class(s2, 0)[1]["value"]
     served = cb.settings.served_dir  # the served links of each run's own images
-    assert all(p.startswith(f"{served / Path(s1['run']).name}/") for p, _ in g1)
-    assert all(p.startswith(f"{served / Path(s2['run']).name}/") for p, _ in g2)
-    assert cb.restore(s1["run"], None)[1] == s1  # a reload reopens the run that browser had
+    assert all(Path(s1["run"]).name in Path(p).relative_to(served).parts[:2] for p, _ in g1)
+    assert all(Path(s2["run"]).name in Path(p).relative_to(served).parts[:2] for p, _ in g2)
+    assert cb.restore(s1["run"], None)[1]["run"] == s1["run"]  # a reload reopens the run that browser had
     # with nothing saved, a page-load restore that finishes late must not wipe status or state
     late = cb.restore(None, s2)
     assert late[0] == late[1] == {"__type__": "update"}  # gr.skip(): leave the component as it is
@@ -283,7 +392,7 @@ def test_two_sessions_keep_their_own_runs(cb, assets):
 
 def test_show_anomaly_rejects_images_that_are_not_anomalies(cb, assets):
     state, panel = ran(cb, assets)
-    cid = int(panel[8]["candidate"].iloc[0])
+    cid = int(panel[P["table"]]["candidate"].iloc[0])
     assert cb.show_anomaly(state, 0, cid)[0] == f"⚠ image #{cid} is not an anomaly (it is a candidate)"
     assert cb.show_class(state, 7)[0] == "⚠ class 7 is not in this run (it has 2 classes)"
 
@@ -291,9 +400,9 @@ def test_show_anomaly_rejects_images_that_are_not_anomalies(cb, assets):
 # --- overview, export -----------------------------------------------------------------------------
 def test_overview_filters_sorts_and_jumps(cb, assets):
     state, panel = ran(cb, assets)
-    cb.decide(state, 0, panel[3], None, "drop")
-    msg, df = cb.overview(state, "all classes", "overridden", True)
-    assert list(df["class"]) == ["a", "b"] and df["overridden"].iloc[0] == 1 and df["IPC"].iloc[0] == IPC
+    cb.decide(state, 0, panel[P["aid"]], None, "drop")
+    msg, df = cb.overview(state, "all classes", "dropped", True)
+    assert list(df["class"]) == ["a", "b"] and df["dropped"].iloc[0] == 1 and df["IPC"].iloc[0] == IPC
     assert df["anomalies"].iloc[0] == df["label mismatch"].iloc[0] + df["low confidence"].iloc[0] == IPC
     assert list(cb.overview(state, "not run yet", "label", False)[1]["class"]) == ["b"]
     assert list(cb.overview(state, "with overrides", "label", False)[1]["class"]) == ["a"]
@@ -308,18 +417,19 @@ def test_overview_filters_sorts_and_jumps(cb, assets):
     assert cb.jump_to_class(state, df, Evt())[1]["value"] == 0
 
     Evt.index, Evt.row_value = [0, 0], None  # selecting a row of the anomaly table shows that anomaly
-    ids = [int(a) for a in panel[2]["anomaly"]]
-    assert cb.select_anomaly_row(state, 0, panel[2], Evt())[3] == ids[0]
+    ids = [int(a) for a in panel[P["anomalies"]]["anomaly"]]
+    assert cb.select_anomaly_row(state, 0, panel[P["anomalies"]], Evt())[P["aid"]] == ids[0]
     Evt.row_value = [ids[2]] + [""] * 7
-    assert cb.select_anomaly_row(state, 0, panel[2], Evt())[3] == ids[2]
+    assert cb.select_anomaly_row(state, 0, panel[P["anomalies"]], Evt())[P["aid"]] == ids[2]
 
 
 def test_export_offers_a_zip_with_metadata_recording_the_override(cb, assets):
     state, panel = ran(cb, assets)
-    aid = panel[3]
+    aid = panel[P["aid"]]
     cb.decide(state, 0, aid, None, "original")
     msg, button, preview = cb.export(state)
     assert msg.startswith("✔ exported") and button["visible"] is True
+    assert str(cb.settings.runs_dir) not in msg  # no server paths in messages
     with zipfile.ZipFile(button["value"]) as zf:
         meta = pd.read_csv(zf.open("provenance.csv"))
         assert "metadata.parquet" in zf.namelist()
@@ -329,30 +439,6 @@ def test_export_offers_a_zip_with_metadata_recording_the_override(cb, assets):
 
 
 # --- device function, UMAP ------------------------------------------------------------------------
-def test_only_the_job_function_is_decorated_with_spaces_gpu(monkeypatch):
-    marked = []
-
-    class FakeSpaces:
-        @staticmethod
-        def GPU(duration=60):
-            def deco(fn):
-                marked.append(fn.__name__)
-                return fn
-
-            return deco
-
-    assert jobs._gpu(len) is len  # no spaces package here: undecorated
-    monkeypatch.setitem(sys.modules, "spaces", FakeSpaces)
-    import importlib
-
-    importlib.reload(jobs)
-    try:
-        assert marked == ["run_job"]
-    finally:
-        monkeypatch.delitem(sys.modules, "spaces")
-        importlib.reload(jobs)
-
-
 def test_umap_fits_once_then_reads_the_cache_and_transforms_new_points(cb, assets):
     state, panel = ran(cb, assets)
     msg, fig, info = cb.embedding(state, "class")
@@ -364,7 +450,7 @@ def test_umap_fits_once_then_reads_the_cache_and_transforms_new_points(cb, asset
     assert "from cache" in msg and "placed" not in msg
     xs = sorted(x for t in fig.data for x in t.x if x is not None)
     assert xs == sorted(x for t in fig2.data for x in t.x if x is not None)  # same coordinates, no refit
-    cb.regenerate(state, 0, panel[3], progress=None)
+    cb.regenerate(state, 0, panel[P["aid"]], progress=None)
     msg, fig3, _ = cb.embedding(state, "class")
     assert f"{K} new points placed by transform" in msg
 
@@ -381,7 +467,9 @@ def test_the_star_and_accept_use_the_pick_the_pipeline_stored(cb, assets):
         if store.auto_pick(a.id) is not None and c.id != store.auto_pick(a.id) and c.predicted == 0
     )
     store.set_scores([(other, 1.0, 99.0)])  # a consistent candidate now outscores the stored pick
-    table = cb.show_anomaly(state, 0, aid)[8]
-    assert table.loc[table["mark"].str.contains("auto pick"), "candidate"].tolist() == [pick]
+    shown = cb.show_anomaly(state, 0, aid)
+    table = shown[P["table"]]
+    assert table.loc[table["pick"] == "★", "candidate"].tolist() == [pick]
+    assert shown[P["cards"]].count("class='star'") == 1 and f"★ #{pick}" in shown[P["text"]]
     cb.decide(state, 0, aid, None, "accept")
     assert store.decision(aid).candidate_id == pick

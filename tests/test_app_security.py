@@ -55,8 +55,8 @@ def served(app):
     """A run with one class run and an anomaly shown and exported, over HTTP: the files involved."""
     client = Client(app["url"], verbose=False)
     assert start(client, app)[0].startswith("✔ run ")
-    panel = client.predict(0, api_name="/run_class")
-    assert panel[0].startswith("✔ done"), panel[0]
+    out = client.predict(0, api_name="/run_class")
+    assert out[0].startswith("✔ class a done"), out[0]
     msg = client.predict(api_name="/export")[0]
     assert msg.startswith("✔ exported"), msg
     runs: Path = app["runs"]

@@ -1,9 +1,10 @@
 """Event handlers of the app, as plain methods of ``Callbacks`` (unit-tested without a server).
 
-Every handler returns a message first (a line of Markdown), then its other outputs. Bad input
-(``USER_ERRORS``, ``UIError``) becomes that message, with the other outputs left as they were
-(``gr.skip()``); any other exception is logged with a reference and shown as a generic message,
-never a traceback, and the server keeps serving everyone else.
+Every handler returns a message first (plain text, shown next to the control that failed), then
+its other outputs. Bad input (``USER_ERRORS``, ``UIError``) becomes that message, with the other
+outputs left as they were (``gr.skip()``); any other exception is logged with a reference and
+shown as a generic message, never a traceback, and the server keeps serving everyone else.
+Messages never show the server's folders (``_scrub``).
 
 Per-session state is a dict ``{"run": path}`` (``gr.State``); the run path is also kept in the
 browser (``gr.BrowserState``) so a reload reopens the same run. Each handler opens its own
@@ -15,7 +16,9 @@ handler returns.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import re
 import shutil
 import time
 import uuid
@@ -27,23 +30,25 @@ import gradio as gr
 import pandas as pd
 
 from curator.config import ASSETS, DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
-from curator.embedding import run_embedding
+from curator.embedding import class_embedding, run_embedding
 from curator.engine import Cancelled, LocalEngine, ProgressFn
 from curator.errors import USER_ERRORS
 from curator.export import export_run, unfinished_classes
 from curator.models.loading import resolve_config
-from curator.review import user_decide
+from curator.review import decision_state, review_queue, user_decide
 from curator.store import RunStore
-from curator.ui import jobs, resources
-from curator.ui.plots import umap_figure
+from curator.ui import jobs, resources, serving, visitors
+from curator.ui.plots import class_figure, umap_figure
 from curator.ui.resources import AppSettings
-from curator.ui.serving import served_gallery, served_path
 from curator.ui.uploads import extract_image_folder
 from curator.ui.views import (
     OVERVIEW_COLUMNS,
     UIError,
     anomaly_view,
+    cards_html,
+    class_choices,
     class_view,
+    decision_text,
     metadata_preview,
     overview_frame,
     run_choices,
@@ -57,8 +62,8 @@ DATA_SOURCES = ["built-in (mnist5k)", "folder on the server", "uploaded zip"]
 MODEL_SOURCES = ["shipped models", "model folders", "shipped detector, early generator (testbed)"]
 EARLY_GENERATOR = str(ASSETS / "generator-early")
 CENTRES = ["class", "global"]  # RunConfig.uniqueness_centre
-PANEL_SIZE = 10  # message + class gallery, anomaly table, anomaly id, anomaly text, original, prototype,
-# candidate gallery, candidate table, candidate id
+PANEL_SIZE = 12  # message + class gallery, anomaly table, anomaly id, anomaly text, original, prototype,
+# candidate cards (HTML), candidate table, candidate id, class picker, queue position
 RUN_SIZE = 6  # message + state, browser state, runs dropdown, class dropdown, run info
 STAGE_NAMES = {
     "prototypes": "prototypes (k-means)",
@@ -77,23 +82,57 @@ def warn(text: str) -> str:
     return f"⚠ {text}"
 
 
+def _scrub(text: str, settings: AppSettings | None) -> str:
+    """A message without the server's folders: an upload's extraction folder and the runs folder go."""
+    if settings is None:
+        return text
+    text = re.sub(re.escape(str(settings.uploads_dir)) + r"/[^/\s]+/", "", text)
+    return text.replace(str(settings.runs_dir) + "/", "").replace(str(settings.runs_dir), "runs")
+
+
+def _error_message(exc: BaseException, where: str) -> str:
+    if isinstance(exc, (*USER_ERRORS, UIError)):
+        return warn(str(exc))
+    if isinstance(exc, Cancelled):
+        return warn("cancelled; everything generated so far is saved, run the class again to resume")
+    ref = uuid.uuid4().hex[:8]
+    log.error("internal error %s in %s", ref, where, exc_info=exc)
+    return warn(f"something went wrong on the server (reference {ref}, logged); please try again")
+
+
 def guarded(n_outputs: int) -> Callable:
-    """Turn user errors into a message (first output) and other errors into a logged generic message."""
+    """Turn user errors into a message (first output) and other errors into a logged generic message;
+    the other outputs stay as they were. Works for plain handlers and for generators (streaming)."""
+
+    def fail(self, exc: BaseException, name: str):
+        msg = _scrub(_error_message(exc, name), getattr(self, "settings", None))
+        return (msg, *[gr.skip() for _ in range(n_outputs - 1)]) if n_outputs > 1 else msg
+
+    def scrub(self, out):
+        settings = getattr(self, "settings", None)
+        if isinstance(out, tuple) and out and isinstance(out[0], str):
+            return (_scrub(out[0], settings), *out[1:])
+        return _scrub(out, settings) if isinstance(out, str) else out
 
     def wrap(fn: Callable) -> Callable:
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen(self, *args, **kwargs):
+                try:
+                    for out in fn(self, *args, **kwargs):
+                        yield scrub(self, out)
+                except Exception as exc:  # noqa: BLE001 - never show a traceback; the server keeps serving
+                    yield fail(self, exc, fn.__name__)
+
+            return gen
+
         @functools.wraps(fn)
-        def inner(*args, **kwargs):
+        def inner(self, *args, **kwargs):
             try:
-                return fn(*args, **kwargs)
-            except (*USER_ERRORS, UIError) as exc:
-                msg = warn(str(exc))
-            except Cancelled:
-                msg = warn("cancelled; everything generated so far is saved, run the class again to resume")
-            except Exception:  # noqa: BLE001 - never show a traceback; the server keeps serving
-                ref = uuid.uuid4().hex[:8]
-                log.exception("internal error %s in %s", ref, fn.__name__)
-                msg = warn(f"something went wrong on the server (reference {ref}, logged); please try again")
-            return (msg, *[gr.skip() for _ in range(n_outputs - 1)]) if n_outputs > 1 else msg
+                return scrub(self, fn(self, *args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - never show a traceback; the server keeps serving
+                return fail(self, exc, fn.__name__)
 
         return inner
 
@@ -119,15 +158,22 @@ def _float(value, name: str) -> float:
         raise UIError(f"{name} must be a number, got {value!r}") from exc
 
 
-def _progress_fn(progress, names: list[str]) -> ProgressFn:
-    """Adapt the pipeline's ``(stage, done, total, label)`` to ``gr.Progress``."""
+def _progress_fn(progress, names: list[str], where: str = "") -> ProgressFn:
+    """Adapt the pipeline's ``(stage, done, total, label)`` to ``gr.Progress`` (one display per job)."""
 
     def report(stage: str, done: int, total: int, label: int | None) -> None:
         if progress is not None:
-            where = "several classes" if label is None else f"class {names[label]}"
-            progress((done, max(total, 1)), desc=f"{where}: {STAGE_NAMES.get(stage, stage)}", unit="img")
+            what = "several classes" if label is None else f"class {names[label]}"
+            progress((done, max(total, 1)), desc=f"{where}{what}: {STAGE_NAMES.get(stage, stage)}", unit="img")
 
     return report
+
+
+def _served(settings: AppSettings, path, key: str):
+    return serving.served_path(settings, path, key)
+
+
+_file_url = serving.file_url
 
 
 class Callbacks:
@@ -141,7 +187,17 @@ class Callbacks:
         path = (state or {}).get("run")
         if not path:
             raise UIError("no run open: start a run in Set-up, or reopen one")
+        if not visitors.owns(path, self._key(state), self.settings):  # public mode: only one's own runs
+            raise UIError(f"run {Path(path).name} not found")
         return path
+
+    def _runs_of(self, key: str) -> list[tuple[str, str]]:
+        """The reopen dropdown's runs: all of them in private mode, the visitor's own in public mode."""
+        return visitors.owned_runs(run_choices(self.settings.runs_dir), key, self.settings)
+
+    @staticmethod
+    def _key(state: dict | None) -> str:
+        return (state or {}).get("key") or "local"
 
     @contextmanager
     def _store(self, state: dict | None):
@@ -159,84 +215,95 @@ class Callbacks:
             raise UIError(f"class {lab} is not in this run (it has {len(store.class_names)} classes)")
         return lab
 
-    def _class_choices(self, store: RunStore) -> list[tuple[str, int]]:
-        return [(f"{r.label}: {r.name} ({r.status})", r.label) for r in store.classes()]
-
     def _run_info(self, store: RunStore) -> str:
+        """The header: which run is open and with what parameters (model and data by name, no server paths)."""
         cfg = store.config
+        data = cfg.data if cfg.data == "mnist5k" else Path(cfg.data).name
         return (
-            f"**Run** `{store.run_id}` · data `{cfg.data}` · {len(store.class_names)} classes · IPC {cfg.ipc} · "
-            f"K {cfg.k} · tau {cfg.tau} · lambda {cfg.lam} ({cfg.uniqueness_centre} centre) · steps {cfg.steps} · "
-            f"strength {cfg.strength} · guidance {cfg.guidance} · seed {cfg.seed}  \n"
-            f"generator `{cfg.generator}` · folder `{store.path}`"
+            f"**Run `{store.run_id}`** · dataset {data} · {len(store.class_names)} classes · IPC {cfg.ipc} · "
+            f"K {cfg.k} · τ {cfg.tau} · λ {cfg.lam} ({cfg.uniqueness_centre} centre) · {cfg.steps} steps · "
+            f"strength {cfg.strength} · guidance {cfg.guidance} · seed {cfg.seed} · generator "
+            f"{Path(cfg.generator).name}"
         )
 
-    def _run_outputs(self, store: RunStore, message: str, label: int | None = None) -> tuple:
+    def _run_outputs(self, store: RunStore, message: str, key: str = "local") -> tuple:
         path = str(store.path)
-        choices = self._class_choices(store)
-        value = label if label is not None else (choices[0][1] if choices else None)
+        choices = class_choices(store)
         return (
             message,
-            {"run": path},
+            {"run": path, "key": key},
             path,
-            gr.update(choices=run_choices(self.settings.runs_dir), value=path),
-            gr.update(choices=choices, value=value),
+            gr.update(choices=self._runs_of(key), value=path),
+            gr.update(choices=choices, value=choices[0][1] if choices else None),
             self._run_info(store),
         )
 
-    def panel(self, store: RunStore, label: int, anomaly_id=None, candidate_id=None, message: str = "") -> tuple:
-        """The class view's outputs: gallery and anomaly table of ``label``, then one anomaly in detail."""
+    def _first_open(self, store: RunStore, label: int | None = None) -> tuple[int | None, int | None]:
+        """(label, anomaly) of the first anomaly still to review: in ``label`` if it has one, else in the run."""
+        queue = review_queue(store)
+        todo = [q for q in queue if not q.reviewed]
+        for items in ([q for q in todo if q.label == label], todo):
+            if items:
+                return items[0].label, items[0].anomaly_id
+        return label, None
+
+    def panel(
+        self, store: RunStore, label: int, anomaly_id=None, candidate_id=None, message: str = "", key: str = "local"
+    ) -> tuple:
+        """The Curate tab's outputs: class picker, queue position, the class's synthetic set and
+        anomaly table, then one anomaly beside its candidate cards."""
         cv = class_view(store, label)
         aid = int(anomaly_id) if anomaly_id not in (None, "") else None
         if aid not in cv.anomaly_ids:
-            open_ = [i for i in cv.anomaly_ids if store.decision(i) is None or store.decision(i).choice == "unresolved"]
-            aid = (open_ or cv.anomaly_ids or [None])[0]
+            queue = [q for q in review_queue(store) if q.label == label]
+            aid = next((q.anomaly_id for q in queue if not q.reviewed), cv.anomaly_ids[0] if cv.anomaly_ids else None)
         if not message:
             message = (
-                f"class {cv.name}: {len(cv.gallery)} images, {len(cv.anomaly_ids)} anomalies ({cv.status})"
+                f"class {cv.name}: {len(cv.gallery)} images, {len(cv.anomaly_ids)} anomalies"
                 if cv.gallery
                 else f"class {cv.name} has not been run yet: press “Run this class”"
             )
         selected = cv.image_ids.index(aid) if aid in cv.image_ids else None
         gallery = gr.update(
-            value=served_gallery(self.settings, cv.gallery),
+            value=[(_served(self.settings, p, key), c) for p, c in cv.gallery],
             selected_index=selected,
-            label=f"Class {cv.name}: synthetic set",
+            label=f"Class {cv.name}: synthetic set ({len(cv.gallery)} images, {len(cv.anomaly_ids)} anomalies)",
         )
+        picker = gr.update(choices=class_choices(store), value=label)
         if aid is None:
+            empty = "No anomaly in this class." if cv.gallery else "This class has not been run yet."
             return (
-                message,
-                gallery,
-                cv.anomalies,
-                None,
-                "No anomaly in this class." if cv.gallery else "",
-                None,
-                None,
-                gr.update(value=[], selected_index=None),
-                pd.DataFrame(),
-                None,
-            )
+                message, gallery, cv.anomalies, None, empty, None, None,
+                cards_html([], str), pd.DataFrame(), None, picker, self._queue_text(store, None),
+            )  # fmt: skip
         av = anomaly_view(store, aid)
         cid = int(candidate_id) if candidate_id not in (None, "") else None
         if cid not in av.candidate_ids:
             cid = av.chosen_id or av.pick_id
-        sel = av.candidate_ids.index(cid) if cid in av.candidate_ids else None
         return (
             message,
             gallery,
             cv.anomalies,
             aid,
             av.summary_md,
-            gr.update(value=served_path(self.settings, av.original), label=av.original_caption),
-            served_path(self.settings, av.prototype),
-            gr.update(
-                value=served_gallery(self.settings, av.candidates),
-                selected_index=sel,
-                label=f"{len(av.candidates)} candidates of #{aid}",
-            ),
+            gr.update(value=_served(self.settings, av.original, key), label=f"Flagged #{aid}"),
+            _served(self.settings, av.prototype, key),
+            cards_html(av.cards, lambda f: _file_url(_served(self.settings, f, key)), cid),
             av.table,
             cid,
+            picker,
+            self._queue_text(store, aid),
         )
+
+    @staticmethod
+    def _queue_text(store: RunStore, aid: int | None) -> str:
+        queue = review_queue(store)
+        if not queue:
+            return "No anomaly to review yet."
+        todo = sum(not q.reviewed for q in queue)
+        ids = [q.anomaly_id for q in queue]
+        where = f"{ids.index(aid) + 1} of {len(ids)}" if aid in ids else f"{len(ids)} anomalies"
+        return f"{where} · {todo} to review"
 
     # --- set-up --------------------------------------------------------------------------------
     def _dataset_spec(self, source: str, folder: str | None, upload) -> tuple[str, Path | None]:
@@ -290,10 +357,12 @@ class Callbacks:
         seed,
         state: dict | None = None,
         uniqueness_centre: str | None = None,
+        request: gr.Request = None,
     ) -> tuple:
         """Check data, models and parameters, then create a run folder; it becomes this session's run.
         ``uniqueness_centre`` ("class" or "global") comes last so that older callers keep working;
         None = the RunConfig default."""
+        key = visitors.request_key(request, self.settings)
         generator, detector = self._model_paths(model_source, gen_path, det_path)
         values = dict(
             ipc=_int(ipc, "IPC"),
@@ -317,6 +386,7 @@ class Callbacks:
             data, gen, det = resources.components(config)
             # Creating a run only checks and stores it; the jobs run it on the app's engine (``jobs.run_job``).
             pipe = LocalEngine.create(config, str(self.settings.runs_dir), data=data, generator=gen, detector=det)
+            visitors.claim(pipe.store.path, key)  # public mode: the run is this visitor's (private: "local")
         except BaseException:
             if extracted is not None:  # a failed Start leaves no extracted upload behind
                 shutil.rmtree(extracted, ignore_errors=True)
@@ -327,69 +397,118 @@ class Callbacks:
                 f"run {pipe.store.run_id} created: {data.num_classes} classes, {len(data.train)} training images"
                 f"{skipped}. Go to “Curate” and run a class."
             )
-            return self._run_outputs(pipe.store, msg)
+            return self._run_outputs(pipe.store, msg, key)
         finally:
             pipe.store.close()
 
     @guarded(RUN_SIZE)
-    def open_run(self, run_path: str | None, state: dict | None = None) -> tuple:
+    def open_run(self, run_path: str | None, state: dict | None = None, request: gr.Request = None) -> tuple:
+        """Reopen a run by its folder or its id. In public mode only the visitor's own runs open:
+        any other is "not found", exactly like a run that does not exist."""
         if not run_path:
             raise UIError("choose a run to reopen")
-        path = Path(run_path).resolve()
+        key = visitors.request_key(request, self.settings)
+        path = Path(run_path) if Path(run_path).is_absolute() else self.settings.runs_dir / str(run_path)
+        path = path.resolve()
+        name = path.name
         if self.settings.runs_dir not in path.parents:
             raise UIError(f"{run_path} is not a run of this app (runs live in {self.settings.runs_dir})")
+        if not (path / "run.sqlite").is_file() or not visitors.owns(path, key, self.settings):
+            raise UIError(f"run {name} not found")
         store = RunStore.open(path)
         try:
-            return self._run_outputs(store, ok(f"reopened run {store.run_id}"))
+            return self._run_outputs(store, ok(f"reopened run {store.run_id}"), key)
         finally:
             store.close()
 
-    def restore(self, saved: str | None, state: dict | None = None) -> tuple:
-        """On page load: reopen the run this browser had open, if it still exists."""
-        if saved and (Path(saved) / "run.sqlite").is_file() and not (state or {}).get("run"):
-            return self.open_run(saved, state)
+    def restore(self, saved: str | None, state: dict | None = None, request: gr.Request = None) -> tuple:
+        """On page load: reopen the run this browser had open, if it still exists (and is its own)."""
+        key = visitors.request_key(request, self.settings)
+        if (
+            saved
+            and (Path(saved) / "run.sqlite").is_file()
+            and not (state or {}).get("run")
+            and visitors.owns(saved, key, self.settings)
+        ):
+            return self.open_run(saved, state, request)
         # Nothing to reopen: leave status and state alone, so a slow page load cannot wipe a run
         # the user started in the meantime.
         return (
             gr.skip(),
             gr.skip(),
             gr.skip(),
-            gr.update(choices=run_choices(self.settings.runs_dir)),
+            gr.update(choices=self._runs_of(key)),
             gr.skip(),
             gr.skip(),
         )
 
-    def refresh_runs(self) -> dict:
-        return gr.update(choices=run_choices(self.settings.runs_dir))
+    def refresh_runs(self, request: gr.Request = None) -> dict:
+        return gr.update(choices=self._runs_of(visitors.request_key(request, self.settings)))
 
     # --- running -------------------------------------------------------------------------------
-    def _run(self, state, label, all_classes: bool, progress) -> tuple:
+    @guarded(PANEL_SIZE + 1)
+    def run_class(self, state: dict | None, label, progress=gr.Progress()) -> tuple:
+        """Run (or resume) one class. Outputs: the job's message, then the panel, opened on the
+        class's first anomaly still to review."""
         path = self._run_path(state)
         with self._store(state) as store:
             lab = self._label(store, label)
             names = store.class_names
-            labels = None if all_classes else [lab]
         t0 = time.perf_counter()
-        summaries = jobs.run_job(path, labels, progress=_progress_fn(progress, names))
-        secs = time.perf_counter() - t0
+        (s,) = jobs.run_job(path, [lab], progress=_progress_fn(progress, names))
+        msg = ok(
+            f"class {s.name} done in {time.perf_counter() - t0:.1f} s: {s.anomalies} anomalies, "
+            f"{s.resolved_auto} picked automatically, {s.unresolved} unresolved"
+        )
         with self._store(state) as store:
-            done = ", ".join(
-                f"{s.name}: {s.anomalies} anomalies, {s.resolved_auto} resolved, {s.unresolved} unresolved"
-                for s in summaries
-            )
-            return self.panel(store, lab, message=ok(f"done in {secs:.1f} s · {done}")) + (
-                gr.update(choices=self._class_choices(store), value=lab),
-            )
+            return (msg, *self.panel(store, lab, message=msg, key=self._key(state)))
 
     @guarded(PANEL_SIZE + 1)
-    def run_class(self, state: dict | None, label, progress=gr.Progress()) -> tuple:
-        """Run (or resume) one class; outputs the class panel and the class dropdown."""
-        return self._run(state, label, False, progress)
+    def run_all(self, state: dict | None, label, anomaly_id=None, progress=gr.Progress()):
+        """Run (or resume) every class not yet done, one class per job, streaming: after each class
+        the class picker's counts are refreshed, so finished classes can be reviewed while the rest
+        runs. The panel is left alone (the user may be reviewing), except that if nothing was open
+        it opens on the first anomaly to review; at the end it does the same."""
+        path = self._run_path(state)
+        with self._store(state) as store:
+            names = store.class_names
+            todo = [c.label for c in store.classes() if c.status != "done"]
+        opened = anomaly_id not in (None, "")
+        skip = [gr.skip()] * PANEL_SIZE
+        t0 = time.perf_counter()
+        for i, lab in enumerate(todo):
+            where = f"{i + 1} of {len(todo)} classes · "
+            jobs.run_job(path, [lab], progress=_progress_fn(progress, names, where))
+            msg = ok(
+                f"{i + 1} of {len(todo)} classes done ({time.perf_counter() - t0:.0f} s); class {names[lab]} is ready"
+            )
+            with self._store(state) as store:
+                first_label, first = self._first_open(store)
+                if not opened and first is not None:
+                    opened = True
+                    yield (msg, *self.panel(store, first_label, first, key=self._key(state)))
+                else:
+                    out = list(skip)
+                    out[10] = gr.update(choices=class_choices(store))
+                    yield (msg, *out)
+        with self._store(state) as store:
+            done = f"all {len(names)} classes done" + (f" in {time.perf_counter() - t0:.1f} s" if todo else "")
+            queue = review_queue(store)
+            msg = ok(f"{done}: {len(queue)} anomalies, {sum(not q.reviewed for q in queue)} to review")
+            if opened:
+                out = list(skip)
+                out[10] = gr.update(choices=class_choices(store))
+                yield (msg, *out)
+                return
+            first_label, first = self._first_open(store, self._label(store, label) if label not in (None, "") else 0)
+            yield (msg, *self.panel(store, first_label if first_label is not None else 0, first, key=self._key(state)))
 
-    @guarded(PANEL_SIZE + 1)
-    def run_all(self, state: dict | None, label, progress=gr.Progress()) -> tuple:
-        """Run (or resume) every class not yet done."""
-        return self._run(state, label, True, progress)
+    def queue_position(self, state: dict | None, anomaly_id=None) -> str:
+        """The review queue's line for the anomaly in view (after a run, when the queue has grown)."""
+        if not (state or {}).get("run"):
+            return gr.skip()
+        with self._store(state) as store:
+            return self._queue_text(store, int(anomaly_id) if anomaly_id not in (None, "") else None)
 
     @guarded(1)
     def cancel(self, state: dict | None) -> str:
@@ -400,7 +519,18 @@ class Callbacks:
     @guarded(PANEL_SIZE)
     def show_class(self, state: dict | None, label, anomaly_id=None, candidate_id=None) -> tuple:
         with self._store(state) as store:
-            return self.panel(store, self._label(store, label), anomaly_id, candidate_id)
+            return self.panel(store, self._label(store, label), anomaly_id, candidate_id, key=self._key(state))
+
+    @guarded(PANEL_SIZE)
+    def open_first(self, state: dict | None, label=None) -> tuple:
+        """The first anomaly still to review (in ``label`` if it has one, else in the run); the class
+        otherwise. With no run open it changes nothing (it follows Start, Reopen and page load)."""
+        if not (state or {}).get("run"):
+            return tuple(gr.skip() for _ in range(PANEL_SIZE))
+        with self._store(state) as store:
+            lab = self._label(store, label) if label not in (None, "") else 0
+            first_label, first = self._first_open(store, lab)
+            return self.panel(store, first_label if first_label is not None else lab, first, key=self._key(state))
 
     @guarded(PANEL_SIZE)
     def show_anomaly(self, state: dict | None, label, anomaly_id) -> tuple:
@@ -411,7 +541,7 @@ class Callbacks:
             if row.kind != "synthetic" or row.reason is None:
                 what = "passed inspection" if row.kind == "synthetic" else "is a candidate"
                 raise UIError(f"image #{aid} is not an anomaly (it {what})")
-            return self.panel(store, row.label, aid)
+            return self.panel(store, row.label, aid, key=self._key(state))
 
     @guarded(PANEL_SIZE)
     def select_class_image(self, state: dict | None, label, evt: gr.SelectData) -> tuple:
@@ -420,10 +550,10 @@ class Callbacks:
             rows = store.synthetic(lab)
             r = rows[evt.index if isinstance(evt.index, int) else evt.index[0]]
             if r.reason is None:
-                return (ok(f"image #{r.id} passed inspection (confidence {r.confidence:.3f})"),) + tuple(
+                return (ok(f"image #{r.id} passed inspection (confidence {r.confidence:.4f})"),) + tuple(
                     gr.skip() for _ in range(PANEL_SIZE - 1)
                 )
-            return self.panel(store, lab, r.id)
+            return self.panel(store, lab, r.id, key=self._key(state))
 
     @guarded(PANEL_SIZE)
     def select_anomaly_row(self, state: dict | None, label, table, evt: gr.SelectData) -> tuple:
@@ -436,35 +566,64 @@ class Callbacks:
                 aid = ids[int(evt.index[0] if isinstance(evt.index, list | tuple) else evt.index)]
             if aid not in ids:
                 raise UIError(f"#{aid} is not an anomaly of this class")
-            return self.panel(store, lab, aid)
+            return self.panel(store, lab, aid, key=self._key(state))
 
     @guarded(PANEL_SIZE)
     def step_anomaly(self, state: dict | None, label, anomaly_id, delta: int) -> tuple:
-        """Next (``delta`` = 1) or previous (-1) anomaly of the class, wrapping around."""
+        """Next (``delta`` = 1) or previous (-1) anomaly in the run's review queue (every anomaly,
+        class by class), wrapping around; the view follows it into its class."""
         with self._store(state) as store:
-            lab = self._label(store, label)
-            ids = class_view(store, lab).anomaly_ids
-            if not ids:
-                raise UIError("this class has no anomaly")
+            queue = review_queue(store)
+            if not queue:
+                raise UIError("this run has no anomaly yet: run a class first")
+            ids = [q.anomaly_id for q in queue]
             aid = int(anomaly_id) if anomaly_id not in (None, "") else None
-            i = (ids.index(aid) + delta) % len(ids) if aid in ids else 0
-            return self.panel(store, lab, ids[i])
+            if aid in ids:
+                i = (ids.index(aid) + delta) % len(ids)
+            else:  # nothing shown: start from the class in view
+                lab = self._label(store, label) if label not in (None, "") else 0
+                in_class = [j for j, q in enumerate(queue) if q.label >= lab]
+                i = in_class[0] if in_class and delta > 0 else (in_class[0] - 1 if in_class else len(ids) - 1)
+            q = queue[i % len(ids)]
+            return self.panel(store, q.label, q.anomaly_id, key=self._key(state))
+
+    @guarded(PANEL_SIZE)
+    def next_unreviewed(self, state: dict | None, label, anomaly_id) -> tuple:
+        """The next anomaly no person has reviewed yet, after the one shown, across every class."""
+        with self._store(state) as store:
+            aid = int(anomaly_id) if anomaly_id not in (None, "") else None
+            nxt = self._next_todo(store, aid)
+            if nxt is None:
+                raise UIError("every anomaly of this run has been reviewed: export it, or step with N / P")
+            return self.panel(store, nxt.label, nxt.anomaly_id, key=self._key(state))
+
+    @staticmethod
+    def _next_todo(store: RunStore, after: int | None):
+        queue = review_queue(store)
+        ids = [q.anomaly_id for q in queue]
+        start = ids.index(after) + 1 if after in ids else 0
+        return next((q for q in queue[start:] + queue[:start] if not q.reviewed and q.anomaly_id != after), None)
 
     @guarded(2)
-    def select_candidate(self, state: dict | None, anomaly_id, evt: gr.SelectData) -> tuple:
+    def select_candidate(self, state: dict | None, anomaly_id, evt: gr.EventData) -> tuple:
+        """A click on a candidate card (its id comes with the event) selects it."""
         with self._store(state) as store:
-            cands = store.candidates(_int(anomaly_id, "anomaly id"))
-            i = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
-            c = cands[int(i)]
-            return ok(f"candidate #{c.id} selected: press “Use selected candidate” to choose it"), c.id
+            aid = _int(anomaly_id, "anomaly id")
+            cid = _int(getattr(evt, "cid", None), "candidate id")
+            if cid not in {c.id for c in store.candidates(aid)}:
+                raise UIError(f"image {cid} is not a candidate of anomaly {aid}")
+            return ok(f"candidate #{cid} selected: press “Use selected” to keep it for #{aid}"), cid
 
     @guarded(PANEL_SIZE)
     def decide(self, state: dict | None, label, anomaly_id, candidate_id, action: str) -> tuple:
-        """``accept`` (the automatic pick), ``candidate`` (the selected one), ``original`` or ``drop``."""
+        """``accept`` (the stored automatic pick), ``candidate`` (the selected one), ``original`` or
+        ``drop``. Accepting moves on to the next anomaly still to review; the others stay."""
         with self._store(state) as store:
             aid = _int(anomaly_id, "anomaly id")
             a = store.image(aid)
-            lab = a.label
+            if not a.is_anomaly:
+                raise UIError(f"image #{aid} is not an anomaly of this run")
+            key = self._key(state)
             if action == "accept":
                 pick = store.auto_pick(aid)  # the pick the pipeline stored
                 if pick is None:
@@ -472,43 +631,52 @@ class Callbacks:
                         f"anomaly #{aid} has no automatic pick (no candidate is predicted as its class): choose a "
                         "candidate, keep the original, drop it, or regenerate"
                     )
+                before = decision_state(store.decision(aid), pick)
                 user_decide(store, aid, "candidate", pick)  # reviewed: shown as "accepted"
-                ids = class_view(store, lab).anomaly_ids
-                nxt = ids[(ids.index(aid) + 1) % len(ids)]
-                return self.panel(store, lab, nxt, message=ok(f"#{aid}: automatic pick #{pick} accepted; next anomaly"))
+                note = f" (it was {before}; U undoes)" if before in ("overridden", "kept original", "dropped") else ""
+                msg = ok(f"#{aid}: automatic pick #{pick} accepted{note}")
+                nxt = self._next_todo(store, aid)
+                if nxt is None:
+                    return self.panel(store, a.label, aid, message=msg + " · every anomaly is reviewed", key=key)
+                return self.panel(store, nxt.label, nxt.anomaly_id, message=msg + "; next to review", key=key)
             if action == "candidate":
                 d = user_decide(store, aid, "candidate", _int(candidate_id, "candidate id"))
-                msg = f"#{aid}: candidate #{d.candidate_id} chosen (your decision)"
+                msg = f"#{aid}: candidate #{d.candidate_id} kept ({decision_state(d, store.auto_pick(aid))})"
             elif action in ("original", "drop"):
                 user_decide(store, aid, action)
                 msg = f"#{aid}: {'original kept' if action == 'original' else 'dropped'} (your decision)"
             else:
                 raise UIError(f"unknown action {action!r}")
-            return self.panel(store, lab, aid, candidate_id, message=ok(msg + " · saved"))
+            return self.panel(store, a.label, aid, candidate_id, message=ok(msg + " · saved"), key=key)
 
     @guarded(PANEL_SIZE)
     def undo(self, state: dict | None, label, anomaly_id) -> tuple:
+        """Undo the last decision of the run, say what was undone and move the view to it."""
         with self._store(state) as store:
             undone = store.undo_last()
             if undone is None:
                 raise UIError("nothing to undo")
-            aid, d = undone.anomaly_id, undone.now
-            return self.panel(
-                store, undone.label, aid, message=ok(f"undone: #{aid} is back to {d.choice if d else 'pending'}")
-            )
+            aid, pick = undone.anomaly_id, store.auto_pick(undone.anomaly_id)
+            was = "a decision" if undone.was is None else decision_text(undone.was, pick)
+            now = "nothing decided" if undone.now is None else decision_text(undone.now, pick)
+            name = store.class_names[undone.label]
+            msg = ok(f"undone on #{aid} (class {name}): {was}; now {now}")
+            return self.panel(store, undone.label, aid, message=msg, key=self._key(state))
 
-    @guarded(PANEL_SIZE)
+    @guarded(PANEL_SIZE + 1)
     def regenerate(self, state: dict | None, label, anomaly_id, progress=gr.Progress()) -> tuple:
         """Another round of K candidates for the anomaly (queued on the device), then rescoring."""
         path = self._run_path(state)
         with self._store(state) as store:
             aid = _int(anomaly_id, "anomaly id")
             names = store.class_names
-            store.image(aid)
-        round_ = jobs.run_job(path, regenerate_id=aid, progress=_progress_fn(progress, names))
+            if not store.image(aid).is_anomaly:
+                raise UIError(f"image #{aid} is not an anomaly of this run")
+        round_ = jobs.run_job(path, regenerate_id=aid, progress=_progress_fn(progress, names, f"#{aid} · "))
         with self._store(state) as store:
             lab = store.image(aid).label
-            return self.panel(store, lab, aid, message=ok(f"#{aid}: round {round_} of candidates added and rescored"))
+            msg = ok(f"#{aid}: round {round_} of candidates added and rescored")
+            return (msg, *self.panel(store, lab, aid, message=msg, key=self._key(state)))
 
     # --- overview ------------------------------------------------------------------------------
     @guarded(2)
@@ -533,6 +701,7 @@ class Callbacks:
     # --- embeddings ----------------------------------------------------------------------------
     @guarded(3)
     def embedding(self, state: dict | None, color_by: str) -> tuple:
+        """The whole run's UMAP (fitted once, cached)."""
         with self._store(state) as store:
             det = resources.detector(store.config.detector, resources.device_for(store.config))
             emb = run_embedding(store, det)
@@ -543,11 +712,32 @@ class Callbacks:
             info = f"{len(emb.frame)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}) · {how}{extra}"
             return ok(f"UMAP {how} in {emb.seconds:.1f} s{extra}"), fig, info
 
+    @guarded(3)
+    def class_embedding(self, state: dict | None, label) -> tuple:
+        """One class's real images, prototypes, synthetic images, anomalies, candidates and picks in
+        one map (UMAP, or PCA for a handful of points), zoomed to the data; hover shows a thumbnail
+        and a click on an anomaly, candidate or pick opens that anomaly in Curate."""
+        with self._store(state) as store:
+            lab = self._label(store, label)
+            det = resources.detector(store.config.detector, resources.device_for(store.config))
+            emb = class_embedding(store, det, lab)
+            key = self._key(state)
+
+            def thumb(file: str) -> str | None:
+                return _file_url(_served(self.settings, store.path / file, key)) if file else None
+
+            name = store.class_names[lab]
+            fig = class_figure(emb.frame, f"Class {name}: detector features ({emb.method.upper()})", thumb)
+            how = "fitted now" if emb.fitted else "from cache"
+            counts = emb.frame["kind"].value_counts().to_dict()
+            info = f"{len(emb.frame)} points ({', '.join(f'{v} {k}' for k, v in counts.items())})"
+            return ok(f"class {name}: {emb.method.upper()} {how} in {emb.seconds:.2f} s · {info}"), fig, info
+
     # --- export --------------------------------------------------------------------------------
     @guarded(3)
     def export(self, state: dict | None) -> tuple:
         with self._store(state) as store:
-            out = self.settings.exports_dir / store.run_id / f"{store.run_id}-export"
+            out = serving.export_dir(self.settings, self._key(state), store.run_id) / f"{store.run_id}-export"
             out.parent.mkdir(parents=True, exist_ok=True)
             missing = unfinished_classes(store)  # the app exports what is finished and says what is not
             zip_path = export_run(store, out, make_zip=True, partial=True)
@@ -555,7 +745,7 @@ class Callbacks:
             n = len(pd.read_csv(out / "provenance.csv"))
             note = f" (partial: unfinished classes {', '.join(missing)} left out)" if missing else ""
             return (
-                ok(f"exported {n} images to {out} and {zip_path.name}{note}"),
+                ok(f"exported {n} images as {zip_path.name}: press Download{note}"),
                 gr.update(value=str(zip_path), visible=True, label=f"Download {zip_path.name}"),
                 preview,
             )

@@ -12,25 +12,32 @@ from pathlib import Path
 import gradio as gr
 
 from curator.config import RunConfig
-from curator.ui import resources, serving
-from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, RUN_SIZE, Callbacks
-from curator.ui.plots import COLOR_BY
+from curator.ui import resources, serving, visitors
+from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, PANEL_SIZE, RUN_SIZE, Callbacks
+from curator.ui.plots import COLOR_BY, PLOT_JS
 from curator.ui.resources import AppSettings
 from curator.ui.views import OVERVIEW_COLUMNS, OVERVIEW_FILTERS
 
-SHORTCUTS = """
-**Keyboard** (outside text fields): **A** accept the automatic pick and go to the next anomaly ·
-**N** / **→** next anomaly · **P** / **←** previous anomaly · **U** undo the last decision
-"""
+SHORTCUTS = (
+    "**Keyboard** (outside text fields): **A** accept the automatic pick ★ and go to the next anomaly to review · "
+    "**N** / **→** next anomaly · **P** / **←** previous · **J** next to review · **U** undo the last decision · "
+    "**Tab** / **Enter** on a candidate card selects it"
+)
 
 HEAD = """
+<script>
+{plot_js}
+</script>
 <script>
 document.addEventListener("keydown", (e) => {
   const t = e.target;
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
+  if (t && t.closest && t.closest(".card") && (e.key === "Enter" || e.key === " ")) {
+    e.preventDefault(); t.click(); return;
+  }
   const map = {a: "accept-btn", n: "next-btn", ArrowRight: "next-btn", p: "prev-btn", ArrowLeft: "prev-btn",
-               u: "undo-btn"};
+               u: "undo-btn", j: "todo-btn"};
   const id = map[e.key] || map[(e.key || "").toLowerCase()];
   if (!id) return;
   const el = document.getElementById(id);
@@ -38,25 +45,87 @@ document.addEventListener("keydown", (e) => {
 });
 </script>
 """
+HEAD = HEAD.replace("{plot_js}", PLOT_JS)  # hover thumbnails and click-to-open on the class map
 
-CSS = """
-#candidates .thumbnail-item.selected, #class-gallery .thumbnail-item.selected { outline: 4px solid #ff7f0e; }
-#status { min-height: 2.2em; font-size: 1.05em; }
-#class-gallery img, #candidates img, #original img, #prototype img { image-rendering: pixelated; }
-#original img, #prototype img { width: 100%; height: 100%; object-fit: contain; }
+# Selecting a card: mark it at once in the page, and tell the server (which fills "Selected candidate").
+CARDS_JS = """
+element.addEventListener('click', (e) => {
+  const card = e.target.closest('[data-cid]');
+  if (!card) return;
+  element.querySelectorAll('.card.selected').forEach(c => {
+    c.classList.remove('selected'); c.setAttribute('aria-selected', 'false');
+  });
+  card.classList.add('selected'); card.setAttribute('aria-selected', 'true');
+  trigger('click', {cid: Number(card.dataset.cid)});
+});
 """
+
+# Colour is kept for meaning: pass (green), below tau (amber), other class (red), the pick (gold ★).
+CSS = """
+.gradio-container { max-width: 1400px !important; }
+#title h1 { font-size: 1.35em; margin: 0; } #title p { margin: 0; color: var(--body-text-color-subdued); }
+#run-info { font-size: 0.92em; }
+#action-bar { position: sticky; top: 0; z-index: 30; background: var(--background-fill-primary);
+  border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 8px; box-shadow: 0 2px 6px #0001; }
+#action-bar button { white-space: nowrap; }
+.msg textarea, .msg input { border: none !important; box-shadow: none !important; background: transparent !important;
+  font-weight: 500; padding-left: 0 !important; }
+#queue-md { white-space: nowrap; align-self: center; font-weight: 600; text-align: right; }
+#class-gallery img, #original img, #prototype img { image-rendering: pixelated; }
+#original img, #prototype img { width: 100%; height: 100%; object-fit: contain; }
+#anomaly-md { font-size: 0.92em; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(92px, 1fr)); gap: 6px; }
+.cards-empty { color: var(--body-text-color-subdued); padding: 12px; }
+.card { position: relative; border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 4px;
+  cursor: pointer; font-size: 11.5px; line-height: 1.3; background: var(--background-fill-primary); }
+.card:hover { border-color: #64748b; } .card:focus { outline: 2px solid #6366f1; }
+.card img { width: 100%; max-width: 84px; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated;
+  display: block; margin: 0 auto 2px; background: #0f172a; border-radius: 3px; }
+.card-head { display: flex; justify-content: space-between; font-weight: 600; }
+.card .star { color: #d97706; font-size: 14px; } .card .tick { color: #15803d; font-size: 13px; }
+.card-nums b { font-variant-numeric: tabular-nums; }
+.card .badge { margin-top: 2px; border-radius: 3px; padding: 0 3px; font-size: 10.5px; text-align: center;
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.mark-pass .badge { background: #dcfce7; color: #166534; }
+.mark-below .badge { background: #fef3c7; color: #92400e; }
+.mark-other .badge { background: #fee2e2; color: #991b1b; }
+.card.pick { border-color: #d97706; box-shadow: inset 0 0 0 1px #d97706; }
+.card.chosen { border-color: #15803d; box-shadow: inset 0 0 0 2px #15803d; }
+.card.selected { outline: 3px solid #6366f1; outline-offset: 1px; }
+"""
+
+THEME = gr.themes.Soft(
+    primary_hue="indigo",
+    secondary_hue="slate",
+    neutral_hue="slate",
+    radius_size="sm",
+    spacing_size="sm",
+    text_size="sm",
+    font=["system-ui", "Segoe UI", "Roboto", "sans-serif"],
+    font_mono=["ui-monospace", "monospace"],
+)  # fmt: skip  (system fonts: the page loads nothing from the internet)
 
 
 def launch_kwargs(settings: AppSettings) -> dict:
-    """Arguments for ``demo.launch``: head/css (Gradio 6 takes them here) and the served paths
+    """Arguments for ``demo.launch``: theme/head/css (Gradio 6 takes them here), the served paths
     (nothing beyond the static folders of ``serving``; the uploads folder blocked) and the upload size limit."""
     return dict(
+        theme=THEME,
         head=HEAD,
         css=CSS,
         allowed_paths=[],
         blocked_paths=serving.blocked_paths(settings),
         max_file_size=f"{settings.max_upload_mb}mb",  # Gradio refuses larger uploads outright
+        app_kwargs=visitors.app_kwargs(settings),  # public mode: per-visitor cookie and file gate
     )
+
+
+def _msg(elem_id: str, scale: int = 4) -> gr.Textbox:
+    """A message line (plain text: ``<`` and ``>`` show as they are) that stays until the next message."""
+    return gr.Textbox(
+        "", show_label=False, interactive=False, container=False, elem_id=elem_id, elem_classes="msg", scale=scale,
+        lines=1, max_lines=3,
+    )  # fmt: skip
 
 
 def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
@@ -72,12 +141,11 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         state = gr.State({"run": None})
         saved_run = gr.BrowserState(None, storage_key="curator-run")
         gr.Markdown(
-            "# The curator\nDetector-guided dataset distillation (arXiv 2507.13074): synthesise a small set per "
-            "class, let a detector flag anomalies, pick among 20 candidates each, review, export."
+            "# The curator\nDetector-guided dataset distillation: synthesise a few images per class, let a "
+            "detector flag the wrong ones, pick among K candidates each, review, export.",
+            elem_id="title",
         )
-        with gr.Row():
-            status = gr.Markdown("", elem_id="status")
-        run_info = gr.Markdown("No run open.", elem_id="run-info")
+        run_info = gr.Markdown("No run open: start one in Set-up, or reopen one.", elem_id="run-info")
 
         with gr.Tabs(selected="setup") as tabs:
             with gr.Tab("Set-up", id="setup"):
@@ -96,127 +164,170 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         gen_path = gr.Textbox(label="Generator folder", placeholder=d.generator)
                         det_path = gr.Textbox(label="Detector folder", placeholder=d.detector)
                 with gr.Row():
-                    ipc = gr.Number(d.ipc, label="IPC (images per class)", precision=0, minimum=1)
-                    k = gr.Number(d.k, label="K (candidates per anomaly)", precision=0, minimum=1)
-                    tau = gr.Slider(0, 1, d.tau, step=0.01, label="tau (confidence threshold)")
-                    lam = gr.Slider(0, 2, d.lam, step=0.05, label="lambda (uniqueness weight)")
+                    # plain numbers, checked on Start: an out-of-range value is refused with its range
+                    ipc = gr.Number(d.ipc, label="IPC (images per class)", precision=0, info="at least 1")
+                    k = gr.Number(d.k, label="K (candidates per anomaly)", precision=0, info="at least 1")
+                    tau = gr.Number(d.tau, label="tau (confidence threshold)", info="in [0, 1]")
+                    lam = gr.Number(d.lam, label="lambda (uniqueness weight)", info="0 or more")
                     centre = gr.Radio(
                         CENTRES, value=d.uniqueness_centre, label="uniqueness centre",
                         info="features centred on the class's own mean real feature, or on all classes' mean",
                     )  # fmt: skip
                 with gr.Row():
-                    steps = gr.Number(d.steps, label="DDIM steps", precision=0, minimum=1)
-                    strength = gr.Slider(0.05, 1, d.strength, step=0.05, label="strength (SDEdit noise)")
-                    guidance = gr.Slider(0, 10, d.guidance, step=0.5, label="guidance scale")
+                    steps = gr.Number(d.steps, label="DDIM steps", precision=0, info="at least 1")
+                    strength = gr.Number(d.strength, label="strength (SDEdit noise)", info="in (0, 1]")
+                    guidance = gr.Number(d.guidance, label="guidance scale", info="0 or more")
                     seed = gr.Number(d.seed, label="seed", precision=0)
-                start_btn = gr.Button("Start a new run", variant="primary", elem_id="start-btn")
-                with gr.Row():
+                with gr.Row(equal_height=True):
+                    start_btn = gr.Button("Start a new run", variant="primary", elem_id="start-btn", scale=1)
+                    setup_msg = _msg("setup-msg")
+                with gr.Row(equal_height=True):
                     # choices change per session; custom values let API clients pass them (the handlers validate)
                     runs = gr.Dropdown(choices=[], label="Existing runs", scale=4, allow_custom_value=True)
                     refresh_btn = gr.Button("↻", scale=0, min_width=50)
                     open_btn = gr.Button("Reopen run", scale=1, elem_id="open-btn")
 
             with gr.Tab("Curate", id="curate"):
+                with gr.Row(equal_height=True):
+                    label = gr.Dropdown(
+                        choices=[], label="Class (anomalies, still to review)", scale=3, elem_id="class-dd",
+                        allow_custom_value=True,
+                    )  # fmt: skip
+                    run_btn = gr.Button("Run this class", variant="primary", elem_id="run-class-btn", scale=0,
+                                        min_width=130, size="sm")  # fmt: skip
+                    run_all_btn = gr.Button("Run all classes", elem_id="run-all-btn", scale=0, min_width=130, size="sm")
+                    cancel_btn = gr.Button("Cancel", elem_id="cancel-btn", scale=0, min_width=80, size="sm")
+                    run_msg = _msg("run-msg", scale=4)
+                with gr.Column(elem_id="action-bar"):
+                    with gr.Row(equal_height=True):
+                        sm = dict(size="sm", scale=0)
+                        prev_btn = gr.Button("◀ P", elem_id="prev-btn", min_width=50, **sm)
+                        next_btn = gr.Button("N ▶", elem_id="next-btn", min_width=50, **sm)
+                        todo_btn = gr.Button("Next to review (J)", elem_id="todo-btn", min_width=140, **sm)
+                        accept_btn = gr.Button("★ Accept pick (A)", variant="primary", elem_id="accept-btn",
+                                               min_width=140, **sm)  # fmt: skip
+                        choose_btn = gr.Button("Use selected", elem_id="choose-btn", min_width=100, **sm)
+                        original_btn = gr.Button("Keep original", elem_id="original-btn", min_width=100, **sm)
+                        drop_btn = gr.Button("Drop", elem_id="drop-btn", min_width=60, **sm)
+                        regen_btn = gr.Button("Regenerate K more", elem_id="regen-btn", min_width=140, **sm)
+                        undo_btn = gr.Button("Undo (U)", elem_id="undo-btn", min_width=80, **sm)
+                        queue_md = gr.Markdown("", elem_id="queue-md")
+                    action_msg = _msg("status", scale=3)
                 with gr.Row():
-                    label = gr.Dropdown(choices=[], label="Class", scale=2, elem_id="class-dd", allow_custom_value=True)
-                    run_btn = gr.Button("Run this class", variant="primary", elem_id="run-class-btn")
-                    run_all_btn = gr.Button("Run all classes", elem_id="run-all-btn")
-                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                    with gr.Column(scale=1, min_width=300):
+                        with gr.Row():
+                            original = gr.Image(
+                                label="Flagged image", type="filepath", height=140, interactive=False,
+                                elem_id="original", buttons=[],
+                            )  # fmt: skip
+                            prototype = gr.Image(
+                                label="Prototype", type="filepath", height=140, interactive=False,
+                                elem_id="prototype", buttons=[],
+                            )  # fmt: skip
+                        anomaly_md = gr.Markdown("", elem_id="anomaly-md")
+                        with gr.Row(equal_height=True):
+                            anomaly_id = gr.Number(label="Anomaly #", precision=0, elem_id="anomaly-id", min_width=90)
+                            show_btn = gr.Button("Show", scale=0, min_width=60, elem_id="show-btn")
+                            candidate_id = gr.Number(
+                                label="Selected candidate", precision=0, elem_id="candidate-id", min_width=90
+                            )
+                    with gr.Column(scale=4):
+                        cards = gr.HTML(
+                            "", js_on_load=CARDS_JS, elem_id="candidates", label="Candidates",
+                            min_height=120,
+                        )  # fmt: skip
                 class_gallery = gr.Gallery(
-                    label="Synthetic set", columns=10, height=260, allow_preview=False, elem_id="class-gallery"
+                    label="Synthetic set", columns=12, height=190, allow_preview=False, elem_id="class-gallery"
                 )
-                anomaly_table = gr.Dataframe(
-                    label="Anomalies (select a row)", interactive=False, max_height=220, elem_id="anomaly-table"
-                )
+                with gr.Row():
+                    anomaly_table = gr.Dataframe(
+                        label="Anomalies of this class (select a row)", interactive=False, max_height=260,
+                        elem_id="anomaly-table",
+                    )  # fmt: skip
+                    candidate_table = gr.Dataframe(
+                        label="Candidate scores", interactive=False, max_height=260, elem_id="candidate-table"
+                    )
                 gr.Markdown(SHORTCUTS)
-                with gr.Row():
-                    prev_btn = gr.Button("◀ Previous (P)", elem_id="prev-btn", scale=0, min_width=130)
-                    anomaly_id = gr.Number(
-                        label="Anomaly id", precision=0, elem_id="anomaly-id", scale=0, min_width=120
-                    )
-                    show_btn = gr.Button("Show", scale=0, min_width=70, elem_id="show-btn")
-                    next_btn = gr.Button("Next (N) ▶", elem_id="next-btn", scale=0, min_width=130)
-                    anomaly_md = gr.Markdown("", elem_id="anomaly-md")
-                with gr.Row():
-                    original = gr.Image(
-                        label="Original", type="filepath", height=200, interactive=False, elem_id="original"
-                    )
-                    prototype = gr.Image(
-                        label="Prototype", type="filepath", height=200, interactive=False, elem_id="prototype"
-                    )
-                    with gr.Column(scale=2):
-                        accept_btn = gr.Button("Accept automatic pick (A)", variant="primary", elem_id="accept-btn")
-                        with gr.Row():
-                            candidate_id = gr.Number(label="Selected candidate", precision=0, elem_id="candidate-id")
-                            choose_btn = gr.Button("Use selected candidate", elem_id="choose-btn")
-                        with gr.Row():
-                            original_btn = gr.Button("Keep original", elem_id="original-btn")
-                            drop_btn = gr.Button("Drop image", variant="stop", elem_id="drop-btn")
-                        with gr.Row():
-                            regen_btn = gr.Button("Regenerate K more", elem_id="regen-btn")
-                            undo_btn = gr.Button("Undo last decision (U)", elem_id="undo-btn")
-                candidates = gr.Gallery(
-                    label="Candidates (★ = automatic pick; click one to select it)",
-                    columns=10,
-                    height=330,
-                    allow_preview=False,
-                    elem_id="candidates",
-                )
-                candidate_table = gr.Dataframe(label="Candidate scores", interactive=False, max_height=300)
 
-            with gr.Tab("Overview", id="overview"):
-                with gr.Row():
+            with gr.Tab("Overview", id="overview") as overview_tab:
+                with gr.Row(equal_height=True):
                     ov_filter = gr.Dropdown(OVERVIEW_FILTERS, value=OVERVIEW_FILTERS[0], label="Show")
                     ov_sort = gr.Dropdown(OVERVIEW_COLUMNS, value="label", label="Sort by")
                     ov_desc = gr.Checkbox(False, label="descending")
-                    ov_btn = gr.Button("Refresh", elem_id="overview-btn")
-                ov_table = gr.Dataframe(label="Per class (select a row to open the class)", interactive=False)
+                    ov_btn = gr.Button("Refresh", elem_id="overview-btn", scale=0)
+                ov_msg = _msg("overview-msg")
+                ov_table = gr.Dataframe(
+                    label="Per class (select a row to open the class)", interactive=False, elem_id="overview-table"
+                )
 
-            with gr.Tab("Embeddings", id="embeddings"):
-                with gr.Row():
-                    color_by = gr.Radio(list(COLOR_BY), value="class", label="Colour by")
-                    umap_btn = gr.Button("Draw UMAP", variant="primary", elem_id="umap-btn")
-                umap_info = gr.Markdown("")
-                umap_plot = gr.Plot(label="UMAP", elem_id="umap-plot")
+            with gr.Tab("Embeddings", id="embeddings") as embeddings_tab:
+                with gr.Row(equal_height=True):
+                    class_map_btn = gr.Button("Map of the class in Curate", variant="primary", elem_id="class-umap-btn",
+                                              scale=0, min_width=220, size="sm")  # fmt: skip
+                    umap_btn = gr.Button("Map of the whole run", elem_id="umap-btn", scale=0, min_width=180, size="sm")
+                    color_by = gr.Radio(list(COLOR_BY), value="class", label="Whole run: colour by", scale=1)
+                    umap_msg = _msg("umap-msg")
+                gr.Markdown(
+                    "Hover a point to see its image; click an anomaly, candidate or pick to open it in Curate. "
+                    "Symbols: ● real · ◆ prototype · ■ passed · ✕ anomaly · ○ candidate · ★ pick.",
+                    elem_id="umap-help",
+                )
+                class_plot = gr.Plot(label="Class map", elem_id="class-umap")
+                umap_plot = gr.Plot(label="Whole run", elem_id="umap-plot", visible=False)
+                umap_info = gr.Markdown("", visible=False)
+                umap_click = gr.Textbox(visible="hidden", elem_id="umap-click")
+                umap_open = gr.Button("open", visible="hidden", elem_id="umap-open-btn")
 
             with gr.Tab("Export", id="export"):
-                export_btn = gr.Button("Export curated set", variant="primary", elem_id="export-btn")
-                download = gr.DownloadButton("Download zip", visible=False, elem_id="download-btn")
+                with gr.Row(equal_height=True):
+                    export_btn = gr.Button("Export curated set", variant="primary", elem_id="export-btn", scale=0,
+                                           min_width=200, size="sm")  # fmt: skip
+                    download = gr.DownloadButton("Download zip", visible=False, elem_id="download-btn", scale=0)
+                    export_msg = _msg("export-msg")
                 preview = gr.Dataframe(label="provenance.csv (first 50 rows)", interactive=False)
 
-        run_outputs = [status, state, saved_run, runs, label, run_info]
+        run_outputs = [setup_msg, state, saved_run, runs, label, run_info]
         assert len(run_outputs) == RUN_SIZE
         panel = [
-            status,
+            action_msg,
             class_gallery,
             anomaly_table,
             anomaly_id,
             anomaly_md,
             original,
             prototype,
-            candidates,
+            cards,
             candidate_table,
             candidate_id,
+            label,
+            queue_md,
         ]
+        assert len(panel) == PANEL_SIZE
 
         setup_inputs = [data_source, folder, upload, model_source, gen_path, det_path]
         setup_inputs += [ipc, k, tau, lam, steps, strength, guidance, seed, state, centre]
         start_btn.click(cb.start_run, setup_inputs, run_outputs, api_name="start_run").then(
-            cb.show_class, [state, label], panel, api_name="show_after_start", api_visibility="private"
+            cb.open_first, [state, label], panel, api_name="show_after_start", api_visibility="private"
         )
         open_btn.click(cb.open_run, [runs, state], run_outputs, api_name="open_run").then(
-            cb.show_class, [state, label], panel, api_name="show_after_open", api_visibility="private"
+            cb.open_first, [state, label], panel, api_name="show_after_open", api_visibility="private"
         )
         refresh_btn.click(cb.refresh_runs, None, runs, api_visibility="private")
         demo.load(cb.restore, [saved_run, state], run_outputs, api_visibility="private").then(
-            cb.show_class, [state, label], panel, api_name="show_after_load", api_visibility="private"
+            cb.open_first, [state, label], panel, api_name="show_after_load", api_visibility="private"
         )
 
+        # one device queue: users take turns on the accelerator; progress shows on the job's own line
         gen_kw = dict(concurrency_id="device", concurrency_limit=1)
-        run_btn.click(cb.run_class, [state, label], panel + [label], api_name="run_class", **gen_kw)
-        run_all_btn.click(cb.run_all, [state, label], panel + [label], api_name="run_all", **gen_kw)
-        cancel_btn.click(cb.cancel, [state], status, api_name="cancel", queue=False)
-        regen_btn.click(cb.regenerate, [state, label, anomaly_id], panel, api_name="regenerate", **gen_kw)
+        run_btn.click(cb.run_class, [state, label], [run_msg] + panel, api_name="run_class",
+                      show_progress_on=[run_msg], **gen_kw)  # fmt: skip
+        run_all_btn.click(cb.run_all, [state, label, anomaly_id], [run_msg] + panel, api_name="run_all",
+                          show_progress_on=[run_msg], **gen_kw).then(
+            cb.queue_position, [state, anomaly_id], queue_md, api_visibility="private"
+        )  # fmt: skip
+        cancel_btn.click(cb.cancel, [state], run_msg, api_name="cancel", queue=False)
+        regen_btn.click(cb.regenerate, [state, label, anomaly_id], [run_msg] + panel, api_name="regenerate",
+                        show_progress_on=[run_msg], **gen_kw)  # fmt: skip
 
         label.input(cb.show_class, [state, label], panel, api_name="show_class")
         show_btn.click(cb.show_anomaly, [state, label, anomaly_id], panel, api_name="show_anomaly")
@@ -231,7 +342,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         next_btn.click(
             lambda s, lab, a: cb.step_anomaly(s, lab, a, 1), [state, label, anomaly_id], panel, api_name="next_anomaly"
         )
-        candidates.select(cb.select_candidate, [state, anomaly_id], [status, candidate_id], api_visibility="private")
+        todo_btn.click(cb.next_unreviewed, [state, label, anomaly_id], panel, api_name="next_unreviewed")
+        cards.click(cb.select_candidate, [state, anomaly_id], [action_msg, candidate_id], api_visibility="private")
         for btn, action, name in (
             (accept_btn, "accept", "accept_pick"),
             (choose_btn, "candidate", "choose_candidate"),
@@ -247,17 +359,29 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         undo_btn.click(cb.undo, [state, label, anomaly_id], panel, api_name="undo")
 
         ov_inputs = [state, ov_filter, ov_sort, ov_desc]
-        ov_btn.click(cb.overview, ov_inputs, [status, ov_table], api_name="overview")
+        ov_btn.click(cb.overview, ov_inputs, [ov_msg, ov_table], api_name="overview")
+        overview_tab.select(cb.overview, ov_inputs, [ov_msg, ov_table], api_visibility="private")
         for trigger in (ov_filter.input, ov_sort.input, ov_desc.input):
-            trigger(cb.overview, ov_inputs, [status, ov_table], api_visibility="private")
-        ov_table.select(cb.jump_to_class, [state, ov_table], [status, label, tabs], api_visibility="private").then(
+            trigger(cb.overview, ov_inputs, [ov_msg, ov_table], api_visibility="private")
+        ov_table.select(cb.jump_to_class, [state, ov_table], [ov_msg, label, tabs], api_visibility="private").then(
             cb.show_class, [state, label], panel, api_name="show_after_jump", api_visibility="private"
         )
 
         umap_kw = dict(concurrency_id="umap", concurrency_limit=1)  # one UMAP fit at a time
-        umap_io = ([state, color_by], [status, umap_plot, umap_info])
-        umap_btn.click(cb.embedding, *umap_io, api_name="embedding", **umap_kw)
-        color_by.input(cb.embedding, *umap_io, api_visibility="private", **umap_kw)
+        show_class_map = dict(fn=lambda: (gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)),
+                              outputs=[class_plot, umap_plot, umap_info], api_visibility="private")  # fmt: skip
+        show_run_map = dict(fn=lambda: (gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)),
+                            outputs=[class_plot, umap_plot, umap_info], api_visibility="private")  # fmt: skip
+        class_io = ([state, label], [umap_msg, class_plot, umap_info])
+        class_map_btn.click(**show_class_map).then(cb.class_embedding, *class_io, api_name="class_embedding", **umap_kw)
+        embeddings_tab.select(**show_class_map).then(cb.class_embedding, *class_io, api_visibility="private",
+                                                     **umap_kw)  # fmt: skip
+        umap_io = ([state, color_by], [umap_msg, umap_plot, umap_info])
+        umap_btn.click(**show_run_map).then(cb.embedding, *umap_io, api_name="embedding", **umap_kw)
+        color_by.input(**show_run_map).then(cb.embedding, *umap_io, api_visibility="private", **umap_kw)
+        umap_open.click(cb.show_anomaly, [state, label, umap_click], panel, api_visibility="private").then(
+            lambda: gr.Tabs(selected="curate"), None, tabs, api_visibility="private"
+        )
 
-        export_btn.click(cb.export, [state], [status, download, preview], api_name="export")
+        export_btn.click(cb.export, [state], [export_msg, download, preview], api_name="export")
     return demo

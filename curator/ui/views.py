@@ -8,33 +8,40 @@ pipeline stored when it selected (its centre, ``RunConfig.uniqueness_centre``), 
 
 from __future__ import annotations
 
+import html
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from curator.review import summarize
+from curator.review import decision_state, review_queue, summarize
 from curator.store import Decision, RunStore
 
 REASONS = {"label_mismatch": "label mismatch", "low_confidence": "low confidence"}
-ANOMALY_COLUMNS = ["anomaly", "prototype", "reason", "predicted", "confidence", "candidates", "decision", "chosen"]
-CANDIDATE_COLUMNS = ["candidate", "round", "confidence", "uniqueness", "score", "predicted", "consistent", "mark"]
+ANOMALY_COLUMNS = ["anomaly", "prototype", "reason", "predicted", "confidence", "candidates", "state", "chosen"]
+CANDIDATE_COLUMNS = ["candidate", "round", "confidence", "uniqueness", "score", "predicted", "mark", "pick"]
 OVERVIEW_COLUMNS = [
     "label",
     "class",
     "status",
     "IPC",
     "anomalies",
+    "to review",
     "label mismatch",
     "low confidence",
-    "resolved auto",
+    "auto",
     "accepted",
     "overridden",
+    "kept original",
+    "dropped",
     "unresolved",
     "conf before",
     "conf after",
 ]
 OVERVIEW_FILTERS = ["all classes", "with anomalies", "with unresolved", "with overrides", "not run yet"]
+# A candidate's mark, by what the detector said of it; colour in the page is kept for these.
+MARKS = {"pass": "✓ passes τ", "below": "below τ", "other": "other class"}
 
 
 class UIError(ValueError):
@@ -46,20 +53,18 @@ def _f(v: float | None, digits: int = 3) -> str:
 
 
 def decision_text(d: Decision | None, pick: int | None = None) -> str:
-    """Short human text for an anomaly's decision state; ``pick`` is the stored automatic pick
-    (a person's choice of it reads "accepted", of another candidate "you")."""
-    if d is None:
-        return "pending"
-    who = "you" if d.source == "user" else "auto"
-    if d.choice == "candidate":
-        if d.source == "user" and d.candidate_id == pick:
-            who = "accepted"
-        return f"candidate #{d.candidate_id} ({who})"
-    if d.choice == "original":
-        return f"keep original ({who})"
-    if d.choice == "drop":
-        return f"dropped ({who})"
-    return "unresolved"
+    """Short text of an anomaly's decision: its state (``review.decision_state``) and what it keeps."""
+    state = decision_state(d, pick)
+    if d is not None and d.choice == "candidate" and state != "unresolved":
+        return f"#{d.candidate_id} · {state}"
+    return state
+
+
+def candidate_mark(predicted: int, confidence: float, label: int, tau: float) -> str:
+    """``pass`` (the anomaly's class, confidence ≥ tau), ``below`` (its class, under tau) or ``other``."""
+    if predicted != label:
+        return "other"
+    return "pass" if confidence >= tau else "below"
 
 
 @dataclass
@@ -75,21 +80,56 @@ class ClassView:
     status: str
 
 
+@dataclass(frozen=True)
+class Card:
+    """One candidate as its card shows it."""
+
+    id: int
+    file: str  # absolute path of the PNG
+    confidence: float
+    uniqueness: float | None
+    score: float | None
+    predicted: str | None  # the predicted class's name when it is not the anomaly's class
+    mark: str  # a key of MARKS
+    pick: bool  # the stored automatic pick
+    chosen: bool  # the decision in force keeps this candidate
+
+
 @dataclass
 class AnomalyView:
     """One anomaly beside its prototype and its candidates, with the automatic pick marked."""
 
     anomaly_id: int
+    label: int
     original: str
-    original_caption: str
     prototype: str
-    candidates: list[tuple[str, str]]
+    cards: list[Card]
     candidate_ids: list[int]
     table: pd.DataFrame
     pick_id: int | None
     chosen_id: int | None
+    state: str  # review.decision_state
     decision: str
     summary_md: str = field(default="")
+
+
+def class_choices(store: RunStore) -> list[tuple[str, int]]:
+    """The class picker: each class with its anomaly and still-to-review counts (or that it has not run)."""
+    queue = review_queue(store)
+    out = []
+    for c in store.classes():
+        items = [q for q in queue if q.label == c.label]
+        if c.status != "done" and not items:
+            text = (
+                f"{c.label} · {c.name} — not run yet" if c.status == "pending" else f"{c.label} · {c.name} — {c.status}"
+            )
+        elif not items:
+            text = f"{c.label} · {c.name} — no anomaly"
+        else:
+            todo = sum(not q.reviewed for q in items)
+            text = f"{c.label} · {c.name} — {len(items)} anomal{'y' if len(items) == 1 else 'ies'}, {todo} to review"
+        out.append((text, c.label))
+    return out
 
 
 def class_view(store: RunStore, label: int) -> ClassView:
@@ -98,18 +138,15 @@ def class_view(store: RunStore, label: int) -> ClassView:
         raise UIError(f"class {label} is not in this run (it has {len(names)} classes)")
     synth = store.synthetic(label)
     counts = store.candidate_counts(label)
+    decisions, picks = store.decisions(), store.auto_picks()
     gallery, ids, rows, anomaly_ids = [], [], [], []
     for r in synth:
         path = str(store.path / r.file)
         if r.reason is None:
-            caption = f"#{r.id} ✓ conf {_f(r.confidence, 2)}"
+            caption = f"#{r.id} ✓ {_f(r.confidence, 2)}"
         else:
-            d = store.decision(r.id)
-            n = counts.get(r.id, 0)
-            caption = (
-                f"⚠ #{r.id} {REASONS[r.reason]} · pred {names[r.predicted]} · conf {_f(r.confidence, 2)}"
-                f" → {decision_text(d, store.auto_pick(r.id))}"
-            )
+            d, pick = decisions.get(r.id), picks.get(r.id)
+            caption = f"⚠ #{r.id} {decision_state(d, pick)}"
             anomaly_ids.append(r.id)
             rows.append(
                 {
@@ -117,9 +154,9 @@ def class_view(store: RunStore, label: int) -> ClassView:
                     "prototype": store.prototype(r.prototype_id).idx,
                     "reason": REASONS[r.reason],
                     "predicted": names[r.predicted],
-                    "confidence": round(float(r.confidence), 4),
-                    "candidates": n,
-                    "decision": decision_text(d, store.auto_pick(r.id)),
+                    "confidence": _f(r.confidence, 4),
+                    "candidates": counts.get(r.id, 0),
+                    "state": decision_state(d, pick),
                     "chosen": d.candidate_id if d is not None and d.candidate_id is not None else "",
                 }
             )
@@ -136,63 +173,92 @@ def anomaly_view(store: RunStore, anomaly_id: int) -> AnomalyView:
     if a.kind != "synthetic" or a.reason is None:
         raise UIError(f"image #{anomaly_id} is not an anomaly of this run")
     names = store.class_names
-    label = a.label
+    label, tau = a.label, store.config.tau
     cands = store.candidates(a.id)
     d = store.decision(a.id)
     pick = store.auto_pick(a.id)  # the pipeline's own pick, as stored: never worked out again here
     chosen = d.candidate_id if d is not None and d.choice == "candidate" else None
-    gallery, rows = [], []
+    cards, rows = [], []
     for c in cands:
-        marks = []
-        if c.id == pick:
-            marks.append("★ auto pick")
-        if c.id == chosen and d is not None and d.source == "user":
-            marks.append("✔ your choice")
-        mark = " ".join(marks)
-        gallery.append(
-            (
-                str(store.path / c.file),
-                f"#{c.id} · conf {_f(c.confidence, 2)} · uniq {_f(c.uniqueness, 2)} · "
-                f"score {_f(c.score, 2)} · pred {names[c.predicted]}{' · ' + mark if mark else ''}",
+        mark = candidate_mark(c.predicted, c.confidence, label, tau)
+        cards.append(
+            Card(
+                id=c.id,
+                file=str(store.path / c.file),
+                confidence=float(c.confidence),
+                uniqueness=None if c.uniqueness is None else float(c.uniqueness),
+                score=None if c.score is None else float(c.score),
+                predicted=None if c.predicted == label else names[c.predicted],
+                mark=mark,
+                pick=c.id == pick,
+                chosen=c.id == chosen,
             )
         )
         rows.append(
             {
                 "candidate": c.id,
                 "round": c.round,
-                "confidence": round(float(c.confidence), 4),
-                "uniqueness": None if c.uniqueness is None else round(float(c.uniqueness), 4),
-                "score": None if c.score is None else round(float(c.score), 4),
+                "confidence": _f(c.confidence, 4),
+                "uniqueness": _f(c.uniqueness, 4),
+                "score": _f(c.score, 4),
                 "predicted": names[c.predicted],
-                "consistent": c.predicted == label,
-                "mark": mark,
+                "mark": MARKS[mark],
+                "pick": "★" if c.id == pick else "",
             }
         )
     proto = store.prototype(a.prototype_id)
-    caption = (
-        f"#{a.id} class {names[label]} · {REASONS[a.reason]} · predicted {names[a.predicted]} · "
-        f"conf {_f(a.confidence)}"
-    )
-    pick_text = f"#{pick}" if pick else f"none (no candidate is predicted as {names[label]})"
+    state = decision_state(d, pick)
+    pick_text = f"★ #{pick}" if pick else f"none (no candidate is predicted as {names[label]})"
+    passing = sum(c.mark == "pass" for c in cards)
     summary = (
-        f"**Anomaly #{a.id}** (class {names[label]}, prototype {proto.idx}): {REASONS[a.reason]}, "
-        f"predicted {names[a.predicted]}, confidence {_f(a.confidence)}.  \n"
-        f"Candidates: {len(cands)} · uniqueness ({store.config.uniqueness_centre} centre) against the class's "
-        f"qualified images · automatic pick: {pick_text} · **decision: {decision_text(d, pick)}**"
+        f"**Anomaly #{a.id}** · class **{names[label]}** · prototype {proto.idx}  \n"
+        f"{REASONS[a.reason]}: predicted **{names[a.predicted]}**, confidence {_f(a.confidence)}  \n"
+        f"{len(cards)} candidates, {passing} pass τ = {tau} · automatic pick: **{pick_text}**  \n"
+        f"Decision: **{decision_text(d, pick)}**"
     )
     return AnomalyView(
         anomaly_id=a.id,
+        label=label,
         original=str(store.path / a.file),
-        original_caption=caption,
         prototype=str(store.path / proto.preview),
-        candidates=gallery,
+        cards=cards,
         candidate_ids=[c.id for c in cands],
         table=pd.DataFrame(rows, columns=CANDIDATE_COLUMNS),
         pick_id=pick,
         chosen_id=chosen,
+        state=state,
         decision=decision_text(d, pick),
         summary_md=summary,
     )
+
+
+def cards_html(cards: list[Card], url: Callable[[str], str], selected: int | None = None, uniq_centre: str = "") -> str:
+    """The candidate grid: one card per candidate with its scores and marks, readable without hovering.
+
+    ``url`` maps an image file to the URL the page loads it from. Text is escaped (class names are data).
+    """
+    if not cards:
+        return '<div class="cards-empty">No candidates yet.</div>'
+    out = ['<div class="cards" role="listbox" aria-label="candidates">']
+    for c in cards:
+        classes = (
+            ["card", f"mark-{c.mark}"] + ["pick"] * c.pick + ["chosen"] * c.chosen + ["selected"] * (c.id == selected)
+        )
+        badge = MARKS[c.mark] if c.mark != "other" else f"other: {c.predicted}"
+        flags = ("<b class='star' title='automatic pick'>★</b>" if c.pick else "") + (
+            "<b class='tick' title='the decision keeps this candidate'>✔</b>" if c.chosen else ""
+        )
+        out.append(
+            f'<div class="{" ".join(classes)}" data-cid="{c.id}" tabindex="0" role="option" '
+            f'aria-selected="{str(c.id == selected).lower()}">'
+            f'<img src="{html.escape(url(c.file))}" alt="candidate #{c.id}" loading="lazy">'
+            f'<div class="card-head"><span>#{c.id}</span>{flags}</div>'
+            f'<div class="card-nums">conf <b>{_f(c.confidence)}</b><br>uniq <b>{_f(c.uniqueness, 2)}</b><br>'
+            f"score <b>{_f(c.score, 2)}</b></div>"
+            f'<div class="badge">{html.escape(badge)}</div></div>'
+        )
+    out.append("</div>")
+    return "".join(out)
 
 
 def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str = "label", descending: bool = False):
@@ -210,14 +276,17 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
                 "status": s.status,
                 "IPC": s.images,
                 "anomalies": s.anomalies,
+                "to review": s.resolved_auto + s.unresolved,
                 "label mismatch": s.label_mismatch,
                 "low confidence": s.low_confidence,
-                "resolved auto": s.resolved_auto,
+                "auto": s.resolved_auto,
                 "accepted": s.accepted,
-                "overridden": s.overridden,
+                "overridden": s.other_candidate,
+                "kept original": s.kept_original,
+                "dropped": s.dropped,
                 "unresolved": s.unresolved,
-                "conf before": None if s.images == 0 else round(s.confidence_before, 3),
-                "conf after": None if s.images == 0 else round(s.confidence_after, 3),
+                "conf before": "–" if s.images == 0 else _f(s.confidence_before, 4),
+                "conf after": "–" if s.images == 0 else _f(s.confidence_after, 4),
             }
         )
     df = pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)
@@ -225,7 +294,7 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
         "all classes": df.label >= 0,
         "with anomalies": df["anomalies"] > 0,
         "with unresolved": df["unresolved"] > 0,
-        "with overrides": df["overridden"] > 0,
+        "with overrides": (df["overridden"] + df["kept original"] + df["dropped"]) > 0,
         "not run yet": df.status != "done",
     }[filter_by]
     df = df[keep].sort_values(sort_by, ascending=not descending, kind="stable", na_position="last")
