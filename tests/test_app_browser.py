@@ -1,9 +1,12 @@
 """The app in a real browser: headless Chromium driven by Python playwright (design §3).
 
-Load the page, start a tiny run (typed into the set-up form), run a class, select an anomaly,
-override its automatic pick by clicking another candidate, use the keyboard shortcuts, export
-and download the zip. Screenshots go to ``test-artifacts/browser/`` (git-ignored). Without a
-Chromium the test skips, except under ``CI=true``, where it fails.
+At 1400×900, as a person reviews: a failed Start whose message (with ``<`` and ``>``) is still
+on screen 3 s later, an out-of-range tau refused, a tiny run of all classes, the ★ on the pick the
+pipeline stored, the candidate grid and the action bar inside the viewport (screenshot), a card
+click that selects, N walking the queue over every anomaly once across classes, U undoing a
+decision of another class and moving the view there, the class map (hover thumbnail, a click
+opens the anomaly), reload, export and download. Screenshots go to ``test-artifacts/browser/``
+(git-ignored). Without a Chromium the test skips, except under ``CI=true``, where it fails.
 """
 
 from __future__ import annotations

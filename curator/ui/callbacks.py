@@ -42,6 +42,7 @@ from curator.ui.plots import class_figure, umap_figure
 from curator.ui.resources import AppSettings
 from curator.ui.uploads import extract_image_folder
 from curator.ui.views import (
+    CANDIDATE_COLUMNS,
     OVERVIEW_COLUMNS,
     UIError,
     anomaly_view,
@@ -273,8 +274,8 @@ class Callbacks:
         if aid is None:
             empty = "No anomaly in this class." if cv.gallery else "This class has not been run yet."
             return (
-                message, gallery, cv.anomalies, None, empty, None, None,
-                cards_html([], str), pd.DataFrame(), None, picker, self._queue_text(store, None),
+                message, gallery, cv.anomalies, None, empty, None, None, cards_html([], str),
+                pd.DataFrame(columns=CANDIDATE_COLUMNS), None, picker, self._queue_text(store, None),
             )  # fmt: skip
         av = anomaly_view(store, aid)
         cid = int(candidate_id) if candidate_id not in (None, "") else None

@@ -10,13 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 
 from curator.config import RunConfig
+from curator.export import COLUMNS as EXPORT_COLUMNS
 from curator.ui import resources, serving, visitors
 from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, PANEL_SIZE, RUN_SIZE, Callbacks
 from curator.ui.plots import COLOR_BY, PLOT_JS
 from curator.ui.resources import AppSettings
-from curator.ui.views import OVERVIEW_COLUMNS, OVERVIEW_FILTERS
+from curator.ui.views import ANOMALY_COLUMNS, CANDIDATE_COLUMNS, OVERVIEW_COLUMNS, OVERVIEW_FILTERS
 
 SHORTCUTS = (
     "**Keyboard** (outside text fields): **A** accept the automatic pick ★ and go to the next anomaly to review · "
@@ -240,13 +242,15 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     label="Synthetic set", columns=12, height=190, allow_preview=False, elem_id="class-gallery"
                 )
                 with gr.Row():
+                    # tables start with their headers: never an empty grid headed "1 2 3"
                     anomaly_table = gr.Dataframe(
-                        label="Anomalies of this class (select a row)", interactive=False, max_height=260,
-                        elem_id="anomaly-table",
+                        pd.DataFrame(columns=ANOMALY_COLUMNS), label="Anomalies of this class (select a row)",
+                        interactive=False, max_height=260, elem_id="anomaly-table",
                     )  # fmt: skip
                     candidate_table = gr.Dataframe(
-                        label="Candidate scores", interactive=False, max_height=260, elem_id="candidate-table"
-                    )
+                        pd.DataFrame(columns=CANDIDATE_COLUMNS), label="Candidate scores", interactive=False,
+                        max_height=260, elem_id="candidate-table",
+                    )  # fmt: skip
                 gr.Markdown(SHORTCUTS)
 
             with gr.Tab("Overview", id="overview") as overview_tab:
@@ -257,8 +261,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     ov_btn = gr.Button("Refresh", elem_id="overview-btn", scale=0)
                 ov_msg = _msg("overview-msg")
                 ov_table = gr.Dataframe(
-                    label="Per class (select a row to open the class)", interactive=False, elem_id="overview-table"
-                )
+                    pd.DataFrame(columns=OVERVIEW_COLUMNS), label="Per class (select a row to open the class)",
+                    interactive=False, elem_id="overview-table",
+                )  # fmt: skip
 
             with gr.Tab("Embeddings", id="embeddings") as embeddings_tab:
                 with gr.Row(equal_height=True):
@@ -284,7 +289,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                                            min_width=200, size="sm")  # fmt: skip
                     download = gr.DownloadButton("Download zip", visible=False, elem_id="download-btn", scale=0)
                     export_msg = _msg("export-msg")
-                preview = gr.Dataframe(label="provenance.csv (first 50 rows)", interactive=False)
+                preview = gr.Dataframe(
+                    pd.DataFrame(columns=EXPORT_COLUMNS), label="provenance.csv (first 50 rows)", interactive=False
+                )
 
         run_outputs = [setup_msg, state, saved_run, runs, label, run_info]
         assert len(run_outputs) == RUN_SIZE
