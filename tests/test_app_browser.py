@@ -170,6 +170,13 @@ def test_review_a_run_in_a_browser(browser, app, tmp_path):
             assert box and box["y"] >= 0 and box["y"] + box["height"] <= 900 and box["x"] + box["width"] <= 1400, sel
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "03-curate-1400x900.png"))  # the viewport only
+        page.locator("#class-gallery").scroll_into_view_if_needed()  # scrolled down to the synthetic set ...
+        page.mouse.wheel(0, 400)
+        time.sleep(0.5)
+        assert page.evaluate("window.scrollY") > 200
+        box = page.locator("#action-bar").bounding_box()  # ... the action bar stays in view
+        assert box and -1 <= box["y"] <= 60, box
+        page.evaluate("window.scrollTo(0, 0)")
 
         # a click on a card selects it; "Use selected" keeps it
         other = next(int(c) for c in cards.evaluate_all("els => els.map(e => e.dataset.cid)") if int(c) != pick)

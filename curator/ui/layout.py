@@ -64,7 +64,8 @@ element.addEventListener('click', (e) => {
 
 # Colour is kept for meaning: pass (green), below tau (amber), other class (red), the pick (gold ★).
 CSS = """
-.gradio-container { max-width: 1400px !important; }
+/* "clip", not Gradio's "hidden": a hidden overflow makes a scroll box, and the action bar could not stick */
+.gradio-container { max-width: 1400px !important; overflow: clip !important; }
 #title h1 { font-size: 1.35em; margin: 0; } #title p { margin: 0; color: var(--body-text-color-subdued); }
 #run-info { font-size: 0.92em; }
 #action-bar { position: sticky; top: 0; z-index: 30; background: var(--background-fill-primary);
