@@ -138,10 +138,26 @@ def owner_of_run(run_dir: str | Path) -> str | None:
         return None
 
 
+def is_run_folder(run_dir: str | Path, settings: AppSettings) -> bool:
+    """Whether ``run_dir`` is where the app makes runs: a folder directly in the runs folder (not a
+    link), named like a run (not ``_served``, ``_uploads``, ``.x``...). Anything deeper, an
+    extracted upload above all, holds bytes a visitor chose (a database, a pickled UMAP cache)."""
+    path = Path(run_dir)
+    if not path.is_absolute():
+        path = settings.runs_dir / path
+    path = Path(os.path.abspath(path))
+    if path.parent != settings.runs_dir or path.name.startswith(("_", ".")) or path.is_symlink():
+        return False
+    return path.resolve().parent == settings.runs_dir
+
+
 def owns(run_dir: str | Path, key: str, settings: AppSettings) -> bool:
-    """Whether ``key`` owns the run: always in private mode; in public mode only when ``RUN/owner`` holds it."""
+    """Whether ``key`` owns the run: always in private mode; in public mode only when ``run_dir`` is
+    a run folder of the app (``is_run_folder``) and its ``RUN/owner`` holds ``key``."""
     if not settings.public:
         return True
+    if not is_run_folder(run_dir, settings):
+        return False
     recorded = owner_of_run(run_dir)
     return recorded is not None and bool(key) and hmac.compare_digest(recorded.encode(), key.encode())
 
