@@ -87,6 +87,7 @@ def free_port() -> int:
 def start_server(work: Path, secret: str, log) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, CURATOR_PUBLIC="1", CURATOR_RUNS=str(work / "runs"), CURATOR_SECRET=secret,
+               CURATOR_SERVER_FOLDERS=str(work),  # the tiny models and data folders are offered there
                CURATOR_LOAD_SPANS=str(work / "spans.jsonl"), GRADIO_SERVER_NAME="127.0.0.1",
                GRADIO_SERVER_PORT=str(port), CURATOR_WARM_UMAP="0", HF_HUB_OFFLINE="1",
                HF_HUB_DISABLE_TELEMETRY="1", GRADIO_ANALYTICS_ENABLED="False")  # fmt: skip

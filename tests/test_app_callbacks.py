@@ -473,3 +473,17 @@ def test_the_star_and_accept_use_the_pick_the_pipeline_stored(cb, assets):
     assert shown[P["cards"]].count("class='star'") == 1 and f"★ #{pick}" in shown[P["text"]]
     cb.decide(state, 0, aid, None, "accept")
     assert store.decision(aid).candidate_id == pick
+
+
+def test_only_a_run_folder_right_inside_the_runs_folder_reopens(cb, assets):
+    state, _ = ran(cb, assets)
+    run = Path(state["run"])
+    nested = cb.settings.uploads_dir / "upload-x" / run.name  # a copy of a run inside the uploads: not a run
+    nested.parent.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(run, nested)
+    assert cb.open_run(str(nested))[0] == f"⚠ run {run.name} not found"
+    assert cb.open_run("_uploads")[0] == "⚠ run _uploads not found"
+    assert cb.open_run(run.name)[0] == f"✔ reopened run {run.name}"  # by id, too
+    assert cb.open_run("/etc")[0] == "⚠ /etc is not a run of this app (runs live in runs)"  # no server path

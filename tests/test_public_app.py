@@ -51,7 +51,8 @@ def pub(tmp_path_factory):
     pets = write_image_folder(root / "pets", {"cat": 12, "dog": 12}, size=20, seed=1)
     make_tiny_generator(["a", "b"], resolution=20).save_pretrained(root / "gen")
     make_tiny_detector(["a", "b"], input_size=20).save(root / "det")
-    settings = AppSettings(runs_dir=root / "runs", public=True)
+    # the operator offers the tiny models and data folders under root (server_folders); nothing else
+    settings = AppSettings(runs_dir=root / "runs", public=True, server_folders=[root])
     demo = build_demo(settings)
     demo.queue().launch(
         server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
@@ -436,3 +437,20 @@ def test_the_load_benchmark_quick_mode_passes_its_checks(tmp_path):
         "| visitors, all checks passed | 2, **yes** |" in text and "| device jobs / overlapping pairs | 4 / 0 |" in text
     )
     assert text.count("| ok |") == 2 and "`run_class_job` | class v0-left" in text and "`regenerate_job`" in text
+
+
+def test_server_folders_outside_what_the_operator_offers_are_refused(pub, tmp_path):
+    """In public mode a visitor may name a dataset or model folder only inside the operator's
+    ``server_folders``, never inside the runs folder (uploads, other visitors' served images)."""
+    v = Visitor(pub)
+    outside = write_image_folder(tmp_path / "elsewhere", {"a": 12, "b": 12}, size=20)
+    runs = pub["settings"].runs_dir
+    for folder in (str(outside), str(runs / "_served"), str(runs)):
+        out = v.start(folder)
+        assert out[0] == f"⚠ dataset folder {folder.replace(str(runs), 'runs')} is not offered on this server", out[0]
+    out = v(
+        "folder on the server", pub["data"], None, "model folders", str(tmp_path), pub["det"], 3, 4, 0.99, 0.5, 2,
+        0.7, 2.0, 0, api="/start_run",
+    )  # fmt: skip
+    assert out[0] == f"⚠ generator folder {tmp_path} is not offered on this server"
+    assert not [p for p in runs.glob("*/run.sqlite") if visitors.owner_of_run(p.parent) == v.key]

@@ -88,7 +88,7 @@ def _scrub(text: str, settings: AppSettings | None) -> str:
     if settings is None:
         return text
     text = re.sub(re.escape(str(settings.uploads_dir)) + r"/[^/\s]+/", "", text)
-    return text.replace(str(settings.runs_dir) + "/", "").replace(str(settings.runs_dir), "runs")
+    return text.replace(str(settings.runs_dir), "runs")
 
 
 def _error_message(exc: BaseException, where: str) -> str:
@@ -307,15 +307,35 @@ class Callbacks:
         return f"{where} · {todo} to review"
 
     # --- set-up --------------------------------------------------------------------------------
+    def data_sources(self) -> list[str]:
+        """The dataset choices. In public mode a server folder only where the operator offers some
+        (``AppSettings.server_folders``): any other path could name another visitor's files."""
+        if self.settings.public and not self.settings.server_folders:
+            return [DATA_SOURCES[0], DATA_SOURCES[2]]
+        return list(DATA_SOURCES)
+
+    def model_sources(self) -> list[str]:
+        """The model choices: in public mode, model folders only where the operator offers some."""
+        if self.settings.public and not self.settings.server_folders:
+            return [MODEL_SOURCES[0], MODEL_SOURCES[2]]
+        return list(MODEL_SOURCES)
+
+    def _server_folder(self, path: str, what: str) -> str:
+        if not self.settings.folder_allowed(path):  # public mode: the same answer as for a missing folder
+            raise UIError(f"{what} {path} is not offered on this server")
+        return path
+
     def _dataset_spec(self, source: str, folder: str | None, upload) -> tuple[str, Path | None]:
         """(the run's ``data``, the upload folder this call extracted or None: removed if the Start fails)."""
+        if source not in self.data_sources():
+            raise UIError(f"unknown dataset source {source!r}; choose one of {self.data_sources()}")
         if source == DATA_SOURCES[0]:
             return "mnist5k", None
         if source == DATA_SOURCES[1]:
             folder = (folder or "").strip()
             if not folder:
                 raise UIError("dataset folder path is empty: type the path of an ImageFolder on the server")
-            return folder, None
+            return self._server_folder(folder, "dataset folder"), None
         if source == DATA_SOURCES[2]:
             path = upload if isinstance(upload, str | Path) or upload is None else getattr(upload, "name", None)
             if not path:
@@ -326,6 +346,8 @@ class Callbacks:
         raise UIError(f"unknown dataset source {source!r}; choose one of {DATA_SOURCES}")
 
     def _model_paths(self, source: str, gen: str | None, det: str | None) -> tuple[str, str]:
+        if source not in self.model_sources():
+            raise UIError(f"unknown model source {source!r}; choose one of {self.model_sources()}")
         if source == MODEL_SOURCES[0]:
             return DEFAULT_GENERATOR, DEFAULT_DETECTOR
         if source == MODEL_SOURCES[2]:
@@ -337,7 +359,7 @@ class Callbacks:
             raise UIError("generator folder path is empty")
         if not det:
             raise UIError("detector folder path is empty")
-        return gen, det
+        return self._server_folder(gen, "generator folder"), self._server_folder(det, "detector folder")
 
     @guarded(RUN_SIZE)
     def start_run(
@@ -414,7 +436,9 @@ class Callbacks:
         name = path.name
         if self.settings.runs_dir not in path.parents:
             raise UIError(f"{run_path} is not a run of this app (runs live in {self.settings.runs_dir})")
-        if not (path / "run.sqlite").is_file() or not visitors.owns(path, key, self.settings):
+        # a run is a folder right inside the runs folder; uploads, exports and served files are not runs
+        in_place = path.parent == self.settings.runs_dir and not name.startswith(("_", "."))
+        if not in_place or not (path / "run.sqlite").is_file() or not visitors.owns(path, key, self.settings):
             raise UIError(f"run {name} not found")
         store = RunStore.open(path)
         try:

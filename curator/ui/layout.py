@@ -155,17 +155,28 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 gr.Markdown(f"**Device in use:** {resources.device_text()}")
                 with gr.Row():
                     with gr.Column():
-                        data_source = gr.Radio(DATA_SOURCES, value=DATA_SOURCES[0], label="Dataset")
-                        folder = gr.Textbox(label="ImageFolder path on the server", placeholder="/data/my_images")
+                        data_source = gr.Radio(cb.data_sources(), value=DATA_SOURCES[0], label="Dataset")
+                        folder = gr.Textbox(
+                            label="ImageFolder path on the server", placeholder="/data/my_images",
+                            visible=DATA_SOURCES[1] in cb.data_sources(),
+                        )  # fmt: skip
                         upload = gr.File(label="…or a zip of an ImageFolder", file_types=[".zip"], type="filepath")
                     with gr.Column():
                         model_source = gr.Radio(
-                            MODEL_SOURCES, value=MODEL_SOURCES[0], label="Models",
+                            cb.model_sources(), value=MODEL_SOURCES[0], label="Models",
                             info="The early generator is a 100-step checkpoint where refinement has work to do "
                             "(a testbed; assets/generator-early/README.md), not for real distillation.",
                         )  # fmt: skip
-                        gen_path = gr.Textbox(label="Generator folder", placeholder=d.generator)
-                        det_path = gr.Textbox(label="Detector folder", placeholder=d.detector)
+                        gen_path = gr.Textbox(
+                            label="Generator folder",
+                            placeholder=d.generator,
+                            visible=MODEL_SOURCES[1] in cb.model_sources(),
+                        )
+                        det_path = gr.Textbox(
+                            label="Detector folder",
+                            placeholder=d.detector,
+                            visible=MODEL_SOURCES[1] in cb.model_sources(),
+                        )
                 with gr.Row():
                     # plain numbers, checked on Start: an out-of-range value is refused with its range
                     ipc = gr.Number(d.ipc, label="IPC (images per class)", precision=0, info="at least 1")

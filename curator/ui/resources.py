@@ -124,7 +124,9 @@ class AppSettings:
     (``$CURATOR_SWEEP_INTERVAL_S``, 600) and the oldest go first beyond ``disk_cap_mb``
     (``$CURATOR_DISK_CAP_MB``, 5000). ``secret`` keys the visitors' folder names (HMAC):
     ``$CURATOR_SECRET``, else 32 random bytes kept in ``RUNS/_secret`` (made in public mode only;
-    empty in private mode, where nothing needs it)."""
+    empty in private mode, where nothing needs it). ``server_folders`` (``$CURATOR_SERVER_FOLDERS``,
+    paths joined by ``os.pathsep``): in public mode, the only places a visitor may name as a dataset
+    or model folder (none by default: built-in data, uploads and the shipped models only)."""
 
     runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("CURATOR_RUNS", REPO / "runs")))
     max_upload_mb: int = field(default_factory=lambda: _env_int("CURATOR_MAX_UPLOAD_MB", "max_upload_mb"))
@@ -138,16 +140,29 @@ class AppSettings:
     disk_cap_mb: int = field(default_factory=lambda: _env_number("CURATOR_DISK_CAP_MB", 5000, int))
     sweep_interval_s: float = field(default_factory=lambda: _env_number("CURATOR_SWEEP_INTERVAL_S", 600.0))
     secret: bytes | None = field(default_factory=_env_secret, repr=False)
+    server_folders: list[Path] = field(
+        default_factory=lambda: [Path(p) for p in os.environ.get("CURATOR_SERVER_FOLDERS", "").split(os.pathsep) if p]
+    )
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir).resolve()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.server_folders = [Path(p).resolve() for p in self.server_folders]
         for name in ("max_age_hours", "disk_cap_mb", "sweep_interval_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
                 raise ValueError(f"AppSettings.{name} must be a positive number, got {value!r}")
         if self.secret is None:
             self.secret = read_or_create_secret(self.secret_file) if self.public else b""
+
+    def folder_allowed(self, path: str | Path) -> bool:
+        """Whether a visitor may name ``path`` as a dataset or model folder: always in private mode;
+        in public mode only inside ``server_folders`` and never inside the runs folder."""
+        if not self.public:
+            return True
+        p = Path(path).resolve()
+        inside = [root for root in self.server_folders if p == root or root in p.parents]
+        return bool(inside) and not (p == self.runs_dir or self.runs_dir in p.parents)
 
     @property
     def secret_file(self) -> Path:
