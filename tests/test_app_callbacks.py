@@ -446,6 +446,10 @@ def test_umap_fits_once_then_reads_the_cache_and_transforms_new_points(cb, asset
     kinds = {t.name for t in fig.data}
     assert {"class a", "kind: real", "kind: anomaly", "kind: prototype"} <= kinds
     assert all(t.type == "scattergl" for t in fig.data)
+    rows = [row for t in fig.data if t.customdata is not None for row in t.customdata]
+    cand = next(r for r in rows if r[1] == "candidate")  # hover thumbnail and click-to-open, as in the class map
+    assert cand[4].startswith("gradio_api/file=") and int(cand[5]) in set(panel[P["anomalies"]]["anomaly"])
+    assert all(r[4] == "" for r in rows if r[1] == "real")
     msg, fig2, _ = cb.embedding(state, "status")
     assert "from cache" in msg and "placed" not in msg
     xs = sorted(x for t in fig.data for x in t.x if x is not None)

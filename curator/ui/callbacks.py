@@ -733,7 +733,12 @@ class Callbacks:
             how = "fitted now" if emb.fitted else "from cache"
             extra = f", {emb.placed} new points placed by transform" if emb.placed else ""
             counts = emb.frame["kind"].value_counts().to_dict()
-            fig = umap_figure(emb.frame, color_by, title=f"UMAP of detector features · run {store.run_id}")
+            key = self._key(state)
+
+            def thumb(file: str) -> str | None:
+                return _file_url(_served(self.settings, store.path / file, key)) if file else None
+
+            fig = umap_figure(emb.frame, color_by, f"UMAP of detector features · run {store.run_id}", thumb)
             info = f"{len(emb.frame)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}) · {how}{extra}"
             return ok(f"UMAP {how} in {emb.seconds:.1f} s{extra}"), fig, info
 

@@ -53,8 +53,12 @@ def _id(v) -> str:
     return "" if v is None or v != v else str(int(v))
 
 
-def umap_figure(frame: pd.DataFrame, color_by: str = "class", title: str = "") -> go.Figure:
-    """One WebGL trace per colour group (class or status), marker symbol per point by kind."""
+def umap_figure(
+    frame: pd.DataFrame, color_by: str = "class", title: str = "", thumb_url: Callable[[str], str | None] | None = None
+) -> go.Figure:
+    """One WebGL trace per colour group (class or status), marker symbol per point by kind.
+    customdata is ``CLASS_CUSTOMDATA`` then the class name, so ``PLOT_JS`` gives this view the
+    class view's hover thumbnails (``thumb_url``, as there) and click-to-open too."""
     if color_by not in COLOR_BY:
         raise ValueError(f"colour by must be one of {COLOR_BY}, got {color_by!r}")
     fig = go.Figure()
@@ -65,17 +69,19 @@ def umap_figure(frame: pd.DataFrame, color_by: str = "class", title: str = "") -
     else:
         groups = [(s, frame[frame["status"] == s]) for s in STATUS_COLORS if (frame["status"] == s).any()]
         colors = STATUS_COLORS
+    files = frame["file"] if "file" in frame else pd.Series("", index=frame.index)
+    owners = frame["anomaly_id"] if "anomaly_id" in frame else pd.Series(np.nan, index=frame.index)
     for name, sub in groups:
-        ids = [f"#{i}" if i else "–" for i in map(_id, sub["image_id"])]
+        urls = [(thumb_url(f) if thumb_url and f else None) or "" for f in files[sub.index]]
         custom = np.column_stack(
             [
-                ids,
+                [f"#{_id(i)}" if _id(i) else "" for i in sub["image_id"]],
                 sub["kind"],
-                sub["class_name"],
                 sub["status"],
-                sub["confidence"].map(_num),
-                sub["uniqueness"].map(_num),
-                sub["score"].map(_num),
+                [_scores(row) for _, row in sub.iterrows()],
+                urls,
+                [_id(i) for i in owners[sub.index]],
+                sub["class_name"],
             ]
         )
         fig.add_trace(
@@ -93,8 +99,8 @@ def umap_figure(frame: pd.DataFrame, color_by: str = "class", title: str = "") -
                 ),
                 customdata=custom,
                 hovertemplate=(
-                    "%{customdata[1]} %{customdata[0]}<br>class %{customdata[2]} · %{customdata[3]}<br>"
-                    "conf %{customdata[4]} · uniq %{customdata[5]} · score %{customdata[6]}<extra></extra>"
+                    "%{customdata[1]} %{customdata[0]}<br>class %{customdata[6]} · %{customdata[2]}<br>"
+                    "%{customdata[3]}<extra></extra>"
                 ),
             )
         )
@@ -294,8 +300,10 @@ PLOT_JS = """
     });
   };
   const scan = () => {
-    const root = document.getElementById('class-umap');
-    if (root) root.querySelectorAll('.js-plotly-plot').forEach(attach);
+    for (const id of ['class-umap', 'umap-plot']) {
+      const root = document.getElementById(id);
+      if (root) root.querySelectorAll('.js-plotly-plot').forEach(attach);
+    }
   };
   const start = () => {
     scan();
