@@ -1,20 +1,28 @@
-"""Screenshots of the real app for docs/, and its cold start, measured.
+"""Screenshots of the real app for the README (docs/*.png), and a few timings seen from the browser.
 
-    taskset -c 1 .venv/bin/python benchmarks/app_screenshots.py [DEFAULT_RUN_FOLDER]
+    .venv/bin/python benchmarks/app_screenshots.py
 
-Starts ``python app.py`` (shipped models, mnist5k) as a subprocess with its runs folder in
-benchmarks/_work/shots_runs and times it until http://127.0.0.1:7860/ answers (cold start).
-Then, in headless Chromium: starts a run from the set-up form with the default parameters, runs
-class ``CURATOR_SHOT_CLASS`` (default 3, which has a label mismatch with the shipped models), selects its first
-anomaly and saves the class view to docs/class-view.png; reopens DEFAULT_RUN_FOLDER (a run with
-the default parameters, copied in) and draws its UMAP into docs/umap.png (colour by class) and
-docs/umap-by-status.png, timing each click until the plot shows.
+Starts ``python app.py`` as a subprocess with its runs folder in benchmarks/_work/shots_runs, on
+a free port (``GRADIO_SERVER_PORT``: never another app already on 7860), and times it until its
+page answers (cold start). Then, in headless Chromium at
+1400×900: starts a run of mnist5k with the default parameters and the models of
+``CURATOR_SHOT_MODELS`` (default: the shipped detector with the early generator, the testbed,
+whose many anomalies make a representative picture; "shipped models" for the shipped pair),
+presses "Run all classes" (timed until the first anomaly opens and until the run ends), picks
+the anomaly whose candidate cards show the widest mix of marks (passes τ / below τ / other
+class), records two decisions in its class (one accepted pick, one override), and saves:
+
+* docs/class-view.png: the Curate tab on that anomaly (the viewport);
+* docs/class-map.png: the Embeddings tab's map of that class, hovering the anomaly's pick;
+* docs/umap.png: the whole run's map, coloured by class.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -23,18 +31,48 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
-from test_app_browser import FLAGS, chromium_path  # noqa: E402
+from test_app_browser import FLAGS, chromium_path, wait_msg  # noqa: E402
 
-URL = "http://127.0.0.1:7860/"
+from curator.store import RunStore  # noqa: E402
+from curator.ui.views import candidate_mark  # noqa: E402
+
+RUNS = REPO / "benchmarks" / "_work" / "shots_runs"
+DOCS = REPO / "docs"
+MODELS = os.environ.get("CURATOR_SHOT_MODELS", "shipped detector, early generator (testbed)")
+VIEWPORT = {"width": 1400, "height": 900}
+
+# Page coordinates of the class map's point of ``kind`` whose anomaly id (customdata[5]) is ``aid``.
+POINT_XY = """
+([aid, kind]) => {
+  const gd = document.querySelector('#class-umap .js-plotly-plot');
+  if (!gd || !gd._fullLayout) return null;
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
+  for (const t of gd._fullData) {
+    const cd = t.customdata || [];
+    for (let i = 0; i < cd.length; i++) {
+      if (cd[i] && String(cd[i][5]) === aid && cd[i][1] === kind) {
+        return [r.left + xa._offset + xa.l2p(t.x[i]), r.top + ya._offset + ya.l2p(t.y[i])];
+      }
+    }
+  }
+  return null;
+}
+"""
 
 
-def wait_for_page(proc: subprocess.Popen, timeout: float = 300) -> float:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_page(proc: subprocess.Popen, url: str, timeout: float = 300) -> float:
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"app.py exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(URL, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return time.perf_counter() - t0
         except OSError:
@@ -43,74 +81,120 @@ def wait_for_page(proc: subprocess.Popen, timeout: float = 300) -> float:
 
 
 def main() -> None:
-    default_run = Path(sys.argv[1]) if len(sys.argv) > 1 else None
-    runs = REPO / "benchmarks" / "_work" / "shots_runs"
-    shutil.rmtree(runs, ignore_errors=True)
-    runs.mkdir(parents=True)
-    if default_run is not None:
-        shutil.copytree(default_run, runs / default_run.name, ignore=shutil.ignore_patterns("embedding", "export"))
-    env = dict(os.environ, CURATOR_RUNS=str(runs), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    shutil.rmtree(RUNS, ignore_errors=True)
+    RUNS.mkdir(parents=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = dict(os.environ, CURATOR_RUNS=str(RUNS), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env)
     try:
-        cold = wait_for_page(proc)
-        print(f"cold start until the page answers: {cold:.1f} s (process start to HTTP 200 on /)")
-        shoot(default_run)
+        cold = wait_for_page(proc, url)
+        print(f"cold start until the page answers: {cold:.1f} s (process start to HTTP 200 on /)", flush=True)
+        shoot(url)
     finally:
         proc.terminate()
         proc.wait(30)
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 
-def shoot(default_run: Path | None) -> None:
+def mixed_anomaly(store: RunStore) -> tuple[int, int]:
+    """(anomaly id, label) of the anomaly with a pick whose cards show the widest mix of marks,
+    in a class with at least three anomalies when there is one."""
+    tau, best = store.config.tau, None
+    per_class = {}
+    for a in store.anomalies():
+        per_class.setdefault(a.label, []).append(a.id)
+    for a in store.anomalies():
+        marks = [candidate_mark(c.predicted, c.confidence, a.label, tau) for c in store.candidates(a.id)]
+        counts = sorted((marks.count(m) for m in ("pass", "below", "other")), reverse=True)
+        key = (store.auto_pick(a.id) is not None, len(per_class[a.label]) >= 3, sum(c > 0 for c in counts), counts[-1],
+               counts[1])  # fmt: skip
+        if best is None or key > best[0]:
+            best = (key, a.id, a.label)
+    return best[1], best[2]
+
+
+def show(page, aid: int) -> None:
+    page.locator("#anomaly-id input").fill(str(aid))
+    page.locator("#show-btn").click()
+    page.wait_for_function("v => document.querySelector('#anomaly-id input').value === v", arg=str(aid))
+    page.locator("#anomaly-md").get_by_text(f"Anomaly #{aid}").wait_for()
+
+
+def shoot(url: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    docs = REPO / "docs"
-    docs.mkdir(exist_ok=True)
+    DOCS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=FLAGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        page.set_default_timeout(240_000)
-        page.goto(URL)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(900_000)
+        page.goto(url)
         page.get_by_text("Device in use:").wait_for()
+        page.get_by_label(MODELS, exact=True).check()
         page.locator("#start-btn").click()
-        page.locator("#status").get_by_text("created").wait_for()
-        page.get_by_role("tab", name="Curate").click()
-        shot_class = os.environ.get("CURATOR_SHOT_CLASS", "3")
-        page.locator("#class-dd input").fill(shot_class)
-        page.keyboard.press("ArrowDown")
-        page.keyboard.press("Enter")
-        time.sleep(1)
-        t0 = time.perf_counter()
-        page.locator("#run-class-btn").click()
-        page.locator("#status").get_by_text("done in").wait_for()
-        print(f"class {shot_class} (default parameters) run from the browser in {time.perf_counter() - t0:.1f} s")
-        page.locator("#status").screenshot(path=str(docs / "_status.png"))
-        time.sleep(1)
-        page.screenshot(path=str(docs / "class-view.png"), full_page=True)
-        print(page.locator("#status").inner_text())
+        print(wait_msg(page, "setup-msg", "run run-.* created"), flush=True)
+        run_id = re.search(r"run-[\w-]+", page.locator("#run-info").inner_text()).group(0)
 
-        if default_run is not None:
-            page.get_by_role("tab", name="Set-up").click()
-            page.get_by_label("Existing runs").click()
-            page.get_by_role("option", name=default_run.name).first.click()
-            page.locator("#open-btn").click()
-            page.locator("#status").get_by_text("reopened").wait_for()
+        page.get_by_role("tab", name="Curate").click()
+        t0 = time.perf_counter()
+        page.locator("#run-all-btn").click()
+        page.wait_for_function("() => document.querySelector('#anomaly-id input').value !== ''", timeout=900_000)
+        first = time.perf_counter() - t0
+        done = wait_msg(page, "run-msg", "all 10 classes done", timeout=1_800_000)
+        print(f"run all ({MODELS}), from the browser: first anomaly open after {first:.1f} s; {done}", flush=True)
+
+        store = RunStore.open(RUNS / run_id)
+        aid, label = mixed_anomaly(store)
+        others = [a.id for a in store.anomalies(label) if a.id != aid]
+        if len(others) >= 2:  # decision states in the class's table: one accepted pick, one override
+            show(page, others[0])
+            page.locator("#anomaly-md").click()  # focus out of the text fields for the keys
+            page.keyboard.press("a")
+            wait_msg(page, "status", f"#{others[0]}: automatic pick .* accepted")
+            show(page, others[1])
+            pick = store.auto_pick(others[1])
+            alt = next((c.id for c in store.candidates(others[1]) if c.id != pick and c.predicted == label), None)
+            if alt is not None:
+                page.locator(f'#candidates .card[data-cid="{alt}"]').click()
+                page.wait_for_function("v => document.querySelector('#candidate-id input').value === v", arg=str(alt))
+                page.locator("#choose-btn").click()
+                wait_msg(page, "status", f"#{others[1]}: candidate #{alt} kept")
+        show(page, aid)
+        page.locator("#anomaly-md").click()
+        page.evaluate("window.scrollTo(0, 0)")
+        time.sleep(1.5)  # card images
+        page.screenshot(path=str(DOCS / "class-view.png"))
+        queue = page.locator("#queue-md").inner_text()
+        print(f"class-view.png: anomaly #{aid} of class {store.class_names[label]} · {queue}", flush=True)
+
         page.get_by_role("tab", name="Embeddings").click()
         t0 = time.perf_counter()
-        page.locator("#umap-btn").click()
-        page.locator("#status").get_by_text("UMAP fitted now").wait_for()
-        page.locator("#umap-plot .main-svg").first.wait_for()
-        print(f"UMAP first, click to plot: {time.perf_counter() - t0:.1f} s · {page.locator('#status').inner_text()}")
-        time.sleep(2)
-        page.screenshot(path=str(docs / "umap.png"), full_page=True)
+        msg = wait_msg(page, "umap-msg", f"class {store.class_names[label]}: .* in ")
+        page.locator("#class-umap .js-plotly-plot").wait_for()
+        print(f"class map, tab click to plot: {time.perf_counter() - t0:.1f} s · {msg}", flush=True)
+        time.sleep(1)
+        page.locator("#class-umap").scroll_into_view_if_needed()
+        xy = page.evaluate(POINT_XY, [str(aid), "pick"]) or page.evaluate(POINT_XY, [str(aid), "anomaly"])
+        if xy:
+            page.mouse.move(xy[0] - 30, xy[1] - 30)
+            page.mouse.move(xy[0], xy[1], steps=5)
+            page.locator("#umap-thumb-tip").wait_for(state="visible")
+            time.sleep(0.5)
+        page.screenshot(path=str(DOCS / "class-map.png"))
+
+        page.mouse.move(5, 5)
         t0 = time.perf_counter()
-        page.get_by_label("status").check()  # colour by status: a second UMAP call, from the cache
-        page.locator("#status").get_by_text("UMAP from cache").wait_for()
-        print(f"UMAP cached, click to plot: {time.perf_counter() - t0:.1f} s · {page.locator('#status').inner_text()}")
+        page.locator("#umap-btn").click()
+        msg = wait_msg(page, "umap-msg", "^✔ UMAP (fitted now|from cache)")
+        page.locator("#umap-plot .main-svg").first.wait_for()
+        print(f"whole-run map, click to plot: {time.perf_counter() - t0:.1f} s · {msg}", flush=True)
         time.sleep(2)
-        page.screenshot(path=str(docs / "umap-by-status.png"), full_page=True)
-        (docs / "_status.png").unlink(missing_ok=True)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(DOCS / "umap.png"))
+        store.close()
         browser.close()
 
 
