@@ -188,7 +188,7 @@ def shoot(url: str) -> None:
         page.mouse.move(5, 5)
         t0 = time.perf_counter()
         page.locator("#umap-btn").click()
-        msg = wait_msg(page, "umap-msg", "^✔ UMAP (fitted now|from cache)")
+        msg = wait_msg(page, "umap-msg", "^✔ whole run: UMAP (fitted now|from cache)")
         page.locator("#umap-plot .main-svg").first.wait_for()
         print(f"whole-run map, click to plot: {time.perf_counter() - t0:.1f} s · {msg}", flush=True)
         time.sleep(2)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from curator.review import decision_state
 from curator.scoring import normalize_features
 from curator.store import GLOBAL_CENTRE, RunStore
 
@@ -76,15 +77,13 @@ def _lock(path: Path) -> threading.Lock:
         return _LOCKS.setdefault(str(path.resolve()), threading.Lock())
 
 
-def _status(kind: str, decision) -> str:
-    """Colour-by-status value: passed / candidate for images, the decision state for anomalies."""
+def _status(kind: str, decision, pick: int | None = None) -> str:
+    """Colour-by-status value: passed / candidate for images; for anomalies the decision state the
+    review panel shows (``review.decision_state``: auto, accepted, overridden, kept original, dropped,
+    unresolved)."""
     if kind != "anomaly":
         return {"synthetic": "passed"}.get(kind, kind)
-    if decision is None or decision.choice == "unresolved":
-        return "unresolved"
-    if decision.source == "user":
-        return "overridden"
-    return "resolved (auto)"
+    return decision_state(decision, pick)
 
 
 def _global_centre(store: RunStore) -> np.ndarray | None:
@@ -134,7 +133,7 @@ def collect_points(store: RunStore, detector=None, label: int | None = None) -> 
                     )
                 )
                 feats.append(f)
-    decisions = store.decisions()
+    decisions, picks = store.decisions(), store.auto_picks()
     picked = {d.candidate_id for d in decisions.values() if d.choice == "candidate"}
     for r in _images(store, label):
         if r.kind == "synthetic":
@@ -150,7 +149,7 @@ def collect_points(store: RunStore, detector=None, label: int | None = None) -> 
                 confidence=r.confidence,
                 uniqueness=r.uniqueness,
                 score=r.score,
-                status="picked" if kind == "pick" else _status(kind, decisions.get(r.id)),
+                status="picked" if kind == "pick" else _status(kind, decisions.get(r.id), picks.get(r.id)),
                 file=r.file,
                 anomaly_id=int(r.id) if kind == "anomaly" else r.parent_id,
             )

@@ -220,7 +220,7 @@ def test_class_figure_customdata_carries_thumbnail_and_anomaly(run, models):
 def browser_frame() -> pd.DataFrame:
     rows = [
         ("real:4:1", "real", "real", None, 0.0, 0.0, "", None),
-        ("img:7", "anomaly", "resolved (auto)", 7, 10.0, 0.0, "images/c4/a.png", 7),
+        ("img:7", "anomaly", "auto", 7, 10.0, 0.0, "images/c4/a.png", 7),
         ("img:8", "candidate", "candidate", 8, 0.0, 10.0, "images/c4/c8.png", 7),
         ("img:9", "pick", "picked", 9, 10.0, 10.0, "images/c4/c9.png", 7),
     ]

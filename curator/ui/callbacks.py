@@ -740,7 +740,7 @@ class Callbacks:
 
             fig = umap_figure(emb.frame, color_by, f"UMAP of detector features · run {store.run_id}", thumb)
             info = f"{len(emb.frame)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}) · {how}{extra}"
-            return ok(f"UMAP {how} in {emb.seconds:.1f} s{extra}"), fig, info
+            return ok(f"whole run: UMAP {how} in {emb.seconds:.1f} s{extra} · {info}"), fig, info
 
     @guarded(3)
     def class_embedding(self, state: dict | None, label) -> tuple:

@@ -73,16 +73,20 @@ CSS = """
 #action-bar button { white-space: nowrap; }
 .msg textarea, .msg input { border: none !important; box-shadow: none !important; background: transparent !important;
   font-weight: 500; padding-left: 0 !important; }
+#run-row button, #overview-row button, #umap-row button, #export-row button, #id-row button {
+  align-self: center; }
+#run-row .msg, #umap-row .msg, #export-row .msg { align-self: center; }
+#overview-table { font-size: 12px; }
 #queue-md { white-space: nowrap; align-self: center; font-weight: 600; text-align: right; }
 #class-gallery img, #original img, #prototype img { image-rendering: pixelated; }
 #original img, #prototype img { width: 100%; height: 100%; object-fit: contain; }
 #anomaly-md { font-size: 0.92em; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(92px, 1fr)); gap: 6px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(84px, 1fr)); gap: 5px; }
 .cards-empty { color: var(--body-text-color-subdued); padding: 12px; }
 .card { position: relative; border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 4px;
   cursor: pointer; font-size: 11.5px; line-height: 1.3; background: var(--background-fill-primary); }
 .card:hover { border-color: #64748b; } .card:focus { outline: 2px solid #6366f1; }
-.card img { width: 100%; max-width: 84px; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated;
+.card img { width: 100%; max-width: 76px; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated;
   display: block; margin: 0 auto 2px; background: #0f172a; border-radius: 3px; }
 .card-head { display: flex; justify-content: space-between; font-weight: 600; }
 .card .star { color: #d97706; font-size: 14px; } .card .tick { color: #15803d; font-size: 13px; }
@@ -127,7 +131,7 @@ def _msg(elem_id: str, scale: int = 4) -> gr.Textbox:
     """A message line (plain text: ``<`` and ``>`` show as they are) that stays until the next message."""
     return gr.Textbox(
         "", show_label=False, interactive=False, container=False, elem_id=elem_id, elem_classes="msg", scale=scale,
-        lines=1, max_lines=3,
+        lines=1, max_lines=2,
     )  # fmt: skip
 
 
@@ -202,7 +206,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     open_btn = gr.Button("Reopen run", scale=1, elem_id="open-btn")
 
             with gr.Tab("Curate", id="curate"):
-                with gr.Row(equal_height=True):
+                with gr.Row(elem_id="run-row"):
                     label = gr.Dropdown(
                         choices=[], label="Class (anomalies, still to review)", scale=3, elem_id="class-dd",
                         allow_custom_value=True,
@@ -231,19 +235,19 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     with gr.Column(scale=1, min_width=300):
                         with gr.Row():
                             original = gr.Image(
-                                label="Flagged image", type="filepath", height=140, interactive=False,
-                                elem_id="original", buttons=[],
+                                label="Flagged image", type="filepath", height=130, interactive=False,
+                                elem_id="original", buttons=[], min_width=120,
                             )  # fmt: skip
                             prototype = gr.Image(
-                                label="Prototype", type="filepath", height=140, interactive=False,
-                                elem_id="prototype", buttons=[],
+                                label="Prototype", type="filepath", height=130, interactive=False,
+                                elem_id="prototype", buttons=[], min_width=120,
                             )  # fmt: skip
                         anomaly_md = gr.Markdown("", elem_id="anomaly-md")
-                        with gr.Row(equal_height=True):
-                            anomaly_id = gr.Number(label="Anomaly #", precision=0, elem_id="anomaly-id", min_width=90)
-                            show_btn = gr.Button("Show", scale=0, min_width=60, elem_id="show-btn")
+                        with gr.Row(elem_id="id-row"):
+                            anomaly_id = gr.Number(label="Anomaly", precision=0, elem_id="anomaly-id", min_width=80)
+                            show_btn = gr.Button("Show", scale=0, min_width=60, elem_id="show-btn", size="sm")
                             candidate_id = gr.Number(
-                                label="Selected candidate", precision=0, elem_id="candidate-id", min_width=90
+                                label="Selected", precision=0, elem_id="candidate-id", min_width=80
                             )
                     with gr.Column(scale=4):
                         cards = gr.HTML(
@@ -266,11 +270,11 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 gr.Markdown(SHORTCUTS)
 
             with gr.Tab("Overview", id="overview") as overview_tab:
-                with gr.Row(equal_height=True):
+                with gr.Row(elem_id="overview-row"):
                     ov_filter = gr.Dropdown(OVERVIEW_FILTERS, value=OVERVIEW_FILTERS[0], label="Show")
                     ov_sort = gr.Dropdown(OVERVIEW_COLUMNS, value="label", label="Sort by")
                     ov_desc = gr.Checkbox(False, label="descending")
-                    ov_btn = gr.Button("Refresh", elem_id="overview-btn", scale=0)
+                    ov_btn = gr.Button("Refresh", elem_id="overview-btn", scale=0, size="sm")
                 ov_msg = _msg("overview-msg")
                 ov_table = gr.Dataframe(
                     pd.DataFrame(columns=OVERVIEW_COLUMNS), label="Per class (select a row to open the class)",
@@ -278,11 +282,11 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 )  # fmt: skip
 
             with gr.Tab("Embeddings", id="embeddings") as embeddings_tab:
-                with gr.Row(equal_height=True):
+                with gr.Row(elem_id="umap-row"):
                     class_map_btn = gr.Button("Map of the class in Curate", variant="primary", elem_id="class-umap-btn",
                                               scale=0, min_width=220, size="sm")  # fmt: skip
                     umap_btn = gr.Button("Map of the whole run", elem_id="umap-btn", scale=0, min_width=180, size="sm")
-                    color_by = gr.Radio(list(COLOR_BY), value="class", label="Whole run: colour by", scale=1)
+                    color_by = gr.Radio(list(COLOR_BY), value="class", label="Whole run colours", scale=1)
                     umap_msg = _msg("umap-msg")
                 gr.Markdown(
                     "Hover a point to see its image; click an anomaly, candidate or pick to open it in Curate. "
@@ -296,7 +300,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 umap_open = gr.Button("open", visible="hidden", elem_id="umap-open-btn")
 
             with gr.Tab("Export", id="export"):
-                with gr.Row(equal_height=True):
+                with gr.Row(elem_id="export-row"):
                     export_btn = gr.Button("Export curated set", variant="primary", elem_id="export-btn", scale=0,
                                            min_width=200, size="sm")  # fmt: skip
                     download = gr.DownloadButton("Download zip", visible=False, elem_id="download-btn", scale=0)

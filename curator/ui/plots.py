@@ -19,14 +19,17 @@ SYMBOLS = {
     "pick": "star",
 }
 SIZES = {"real": 5, "prototype": 11, "synthetic": 9, "anomaly": 11, "candidate": 6, "pick": 13}
-STATUS_COLORS = {
+STATUS_COLORS = {  # anomalies by review.decision_state
     "real": "#c7c7c7",
     "prototype": "#7f7f7f",
     "passed": "#1f77b4",
     "candidate": "#bcbd22",
     "picked": "#2ca02c",
-    "resolved (auto)": "#ff7f0e",
+    "auto": "#ff7f0e",
+    "accepted": "#0f766e",
     "overridden": "#9467bd",
+    "kept original": "#6b7280",
+    "dropped": "#111827",
     "unresolved": "#d62728",
 }
 PALETTE = [
@@ -137,8 +140,11 @@ CLASS_STYLE = [
     ("prototype", "prototypes", "#4a4a4a"),
     ("passed", "passed", "#7b8ea3"),
     ("candidate", "candidates", "#c2a25e"),
-    ("anomaly resolved (auto)", "anomaly · resolved (auto)", "#d9958c"),
+    ("anomaly auto", "anomaly · auto pick", "#d9958c"),
+    ("anomaly accepted", "anomaly · accepted", "#5fa8a0"),
     ("anomaly overridden", "anomaly · overridden", "#9484b8"),
+    ("anomaly kept original", "anomaly · kept original", "#8b8f98"),
+    ("anomaly dropped", "anomaly · dropped", "#333b47"),
     ("anomaly unresolved", "anomaly · unresolved", "#d62728"),
     ("pick", "picks", "#2ca02c"),
 ]
@@ -280,7 +286,8 @@ PLOT_JS = """
       if (!url) { hide(); return; }
       const t = tooltip(), e = ev.event || {}, x = e.clientX || 0, y = e.clientY || 0;
       if (t.getAttribute('src') !== url) t.src = url;
-      t.style.left = (x + 112 > window.innerWidth ? x - 110 : x + 14) + 'px';
+      // left of the pointer (plotly's hover label opens to its right), below it where there is room
+      t.style.left = (x - 112 < 0 ? x + 14 : x - 112) + 'px';
       t.style.top = (y + 112 > window.innerHeight ? y - 110 : y + 14) + 'px';
       t.style.display = 'block';
     });
