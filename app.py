@@ -2,12 +2,13 @@
 
 It starts on the built-in data (mnist5k) and the shipped models with no set-up. The same file
 runs as a Hugging Face Space (``sdk: gradio``, ``app_file: app.py``); there it binds to
-0.0.0.0 as Spaces requires (``SYSTEM=spaces``), and ``curator.ui.jobs.run_job`` is the one
-function decorated with ``spaces.GPU``. Environment: ``CURATOR_RUNS`` (runs folder, default
-``runs/``), ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` to bind elsewhere, ``CURATOR_WARM_UMAP=0``
-to skip compiling UMAP in the background at start; ``CURATOR_MAX_UPLOAD_MB``,
-``CURATOR_MAX_FILES``, ``CURATOR_MAX_UNCOMPRESSED_MB``, ``CURATOR_MAX_IMAGE_PIXELS``: upload limits
-(README, *Hosting a public demo*).
+0.0.0.0 as Spaces requires (``SYSTEM=spaces``), runs in public mode (``SPACE_ID``), and
+``curator.ui.jobs.run_class_job`` / ``regenerate_job`` are the functions decorated with
+``spaces.GPU`` (one call per class or regeneration). ``--public`` or ``CURATOR_PUBLIC=1``: public
+mode elsewhere (each visitor sees only their own runs; old runs are swept). Environment:
+``CURATOR_RUNS`` (runs folder, default ``runs/``), ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``
+to bind elsewhere, ``CURATOR_WARM_UMAP=0`` to skip compiling UMAP in the background at start; the
+upload limits, cleanup and server folders of public mode: README, *Hosting a public demo*.
 """
 
 from __future__ import annotations
