@@ -354,6 +354,8 @@ def test_the_queue_runs_across_classes_and_undo_moves_the_view(cb, assets):
     assert "(class b): dropped" in undone[0]
     assert cb.undo(state, 1, first_b)[0] == "⚠ nothing to undo"
 
+    assert cb.queue_position(state, queue[1]) == f"2 of {len(queue)} · {len(queue)} to review"  # the drop was undone
+    assert cb.queue_position({"run": None}, None) == {"__type__": "update"}
     todo = cb.next_unreviewed(state, 0, queue[0])  # J: the next one nobody reviewed
     assert todo[P["aid"]] == queue[1]
     assert "to review" in todo[P["queue"]]

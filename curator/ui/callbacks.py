@@ -530,10 +530,11 @@ class Callbacks:
 
     def queue_position(self, state: dict | None, anomaly_id=None) -> str:
         """The review queue's line for the anomaly in view (after a run, when the queue has grown)."""
-        if not (state or {}).get("run"):
+        try:
+            with self._store(state) as store:
+                return self._queue_text(store, int(anomaly_id) if anomaly_id not in (None, "") else None)
+        except (*USER_ERRORS, UIError, ValueError):  # no run open, or it is gone: leave the line as it is
             return gr.skip()
-        with self._store(state) as store:
-            return self._queue_text(store, int(anomaly_id) if anomaly_id not in (None, "") else None)
 
     @guarded(1)
     def cancel(self, state: dict | None) -> str:
