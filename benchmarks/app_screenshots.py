@@ -161,7 +161,14 @@ def shoot(url: str) -> None:
                 page.locator(f'#candidates .card[data-cid="{alt}"]').click()
                 page.wait_for_function("v => document.querySelector('#candidate-id input').value === v", arg=str(alt))
                 page.locator("#choose-btn").click()
-                wait_msg(page, "status", f"#{others[1]}: candidate #{alt} kept")
+                try:
+                    wait_msg(page, "status", f"#{others[1]}: candidate #{alt} kept")
+                except Exception:
+                    page.screenshot(path="/tmp/shotfail.png")
+                    print("status:", page.locator("#status textarea").input_value(), "shown:",
+                          page.locator("#anomaly-id input").input_value(), "selected:",
+                          page.locator("#candidate-id input").input_value(), flush=True)
+                    raise
         show(page, aid)
         page.locator("#anomaly-md").click()
         page.evaluate("window.scrollTo(0, 0)")

@@ -199,7 +199,7 @@ def test_run_class_reports_stages_and_shows_anomalies_with_candidates(cb, assets
     assert queue == f"1 of {IPC} · {IPC} to review"
     assert len(gallery["value"]) == IPC and all(Path(p).is_file() for p, _ in gallery["value"])
     assert len(anomalies) == IPC and aid == anomalies["anomaly"][0]  # tau 0.99: all anomalous
-    assert gallery["selected_index"] == 0 and gallery["value"][0][1].startswith(f"⚠ #{aid}")
+    assert gallery["selected_index"] == 0 and gallery["value"][0][1] == f"#{aid} ⚠"
     assert Path(original["value"]).is_file() and Path(proto).is_file()
     info = card_info(cards)
     assert len(info) == K and len(table) == K

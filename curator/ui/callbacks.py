@@ -268,7 +268,8 @@ class Callbacks:
         gallery = gr.update(
             value=[(_served(self.settings, p, key), c) for p, c in cv.gallery],
             selected_index=selected,
-            label=f"Class {cv.name}: synthetic set ({len(cv.gallery)} images, {len(cv.anomaly_ids)} anomalies)",
+            label=f"Class {cv.name}: synthetic set, {len(cv.gallery)} images (✓ passed; ⚠ {len(cv.anomaly_ids)} "
+            "anomalies, their states in the table below; click one to open it)",
         )
         picker = gr.update(choices=class_choices(store), value=label)
         if aid is None:
@@ -740,8 +741,9 @@ class Callbacks:
                 return _file_url(_served(self.settings, store.path / file, key)) if file else None
 
             fig = umap_figure(emb.frame, color_by, f"UMAP of detector features · run {store.run_id}", thumb)
-            info = f"{len(emb.frame)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}) · {how}{extra}"
-            return ok(f"whole run: UMAP {how} in {emb.seconds:.1f} s{extra} · {info}"), fig, info
+            points = f"{len(emb.frame)} points ({', '.join(f'{v} {k}' for k, v in counts.items())})"
+            info = f"{points} · {how}{extra}"
+            return ok(f"whole run: UMAP {how} in {emb.seconds:.1f} s{extra} · {points}"), fig, info
 
     @guarded(3)
     def class_embedding(self, state: dict | None, label) -> tuple:

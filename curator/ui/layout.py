@@ -81,12 +81,12 @@ CSS = """
 #class-gallery img, #original img, #prototype img { image-rendering: pixelated; }
 #original img, #prototype img { width: 100%; height: 100%; object-fit: contain; }
 #anomaly-md { font-size: 0.92em; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(84px, 1fr)); gap: 5px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(80px, 1fr)); gap: 5px; }
 .cards-empty { color: var(--body-text-color-subdued); padding: 12px; }
 .card { position: relative; border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 4px;
   cursor: pointer; font-size: 11.5px; line-height: 1.3; background: var(--background-fill-primary); }
 .card:hover { border-color: #64748b; } .card:focus { outline: 2px solid #6366f1; }
-.card img { width: 100%; max-width: 76px; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated;
+.card img { width: 100%; max-width: 72px; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated;
   display: block; margin: 0 auto 2px; background: #0f172a; border-radius: 3px; }
 .card-head { display: flex; justify-content: space-between; font-weight: 600; }
 .card .star { color: #d97706; font-size: 14px; } .card .tick { color: #15803d; font-size: 13px; }
@@ -255,7 +255,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                             min_height=120,
                         )  # fmt: skip
                 class_gallery = gr.Gallery(
-                    label="Synthetic set", columns=12, height=190, allow_preview=False, elem_id="class-gallery"
+                    label="Synthetic set", columns=10, height=190, allow_preview=False, elem_id="class-gallery"
                 )
                 with gr.Row():
                     # tables start with their headers: never an empty grid headed "1 2 3"

@@ -143,10 +143,10 @@ def class_view(store: RunStore, label: int) -> ClassView:
     for r in synth:
         path = str(store.path / r.file)
         if r.reason is None:
-            caption = f"#{r.id} ✓ {_f(r.confidence, 2)}"
+            caption = f"#{r.id} ✓"
         else:
             d, pick = decisions.get(r.id), picks.get(r.id)
-            caption = f"⚠ #{r.id} {decision_state(d, pick)}"
+            caption = f"#{r.id} ⚠"
             anomaly_ids.append(r.id)
             rows.append(
                 {
