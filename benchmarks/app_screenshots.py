@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
-from test_app_browser import FLAGS, chromium_path, wait_msg  # noqa: E402
+from test_app_browser import FLAGS, POINT_XY, chromium_path, wait_msg  # noqa: E402
 
 from curator.store import RunStore  # noqa: E402
 from curator.ui.views import candidate_mark  # noqa: E402
@@ -40,24 +40,6 @@ RUNS = REPO / "benchmarks" / "_work" / "shots_runs"
 DOCS = REPO / "docs"
 MODELS = os.environ.get("CURATOR_SHOT_MODELS", "shipped detector, early generator (testbed)")
 VIEWPORT = {"width": 1400, "height": 900}
-
-# Page coordinates of the class map's point of ``kind`` whose anomaly id (customdata[5]) is ``aid``.
-POINT_XY = """
-([aid, kind]) => {
-  const gd = document.querySelector('#class-umap .js-plotly-plot');
-  if (!gd || !gd._fullLayout) return null;
-  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
-  for (const t of gd._fullData) {
-    const cd = t.customdata || [];
-    for (let i = 0; i < cd.length; i++) {
-      if (cd[i] && String(cd[i][5]) === aid && cd[i][1] === kind) {
-        return [r.left + xa._offset + xa.l2p(t.x[i]), r.top + ya._offset + ya.l2p(t.y[i])];
-      }
-    }
-  }
-  return null;
-}
-"""
 
 
 def free_port() -> int:
@@ -165,9 +147,15 @@ def shoot(url: str) -> None:
                     wait_msg(page, "status", f"#{others[1]}: candidate #{alt} kept")
                 except Exception:
                     page.screenshot(path="/tmp/shotfail.png")
-                    print("status:", page.locator("#status textarea").input_value(), "shown:",
-                          page.locator("#anomaly-id input").input_value(), "selected:",
-                          page.locator("#candidate-id input").input_value(), flush=True)
+                    print(
+                        "status:",
+                        page.locator("#status textarea").input_value(),
+                        "shown:",
+                        page.locator("#anomaly-id input").input_value(),
+                        "selected:",
+                        page.locator("#candidate-id input").input_value(),
+                        flush=True,
+                    )
                     raise
         show(page, aid)
         page.locator("#anomaly-md").click()

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from contextlib import contextmanager
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -80,24 +81,33 @@ def write_image_folder(root: Path, classes: dict[str, int], size: int = 20, rgb:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """The app launched on 127.0.0.1 (free port) over tiny models and a 2-class ImageFolder."""
-    from curator.ui import AppSettings, build_demo, launch_kwargs
+    from curator.ui import AppSettings
 
     root = tmp_path_factory.mktemp("app")
     data = write_image_folder(root / "data", {"a": 12, "b": 12}, size=20)
     make_tiny_generator(["a", "b"], resolution=20).save_pretrained(root / "gen")
     make_tiny_detector(["a", "b"], input_size=20).save(root / "det")
     settings = AppSettings(runs_dir=root / "runs")
-    demo = build_demo(settings)
-    demo.queue().launch(
-        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
-    )
-    try:
+    with serving(settings) as url:
         yield {
-            "url": demo.local_url,
+            "url": url,
             "data": str(data),
             "gen": str(root / "gen"),
             "det": str(root / "det"),
             "runs": settings.runs_dir,
         }
+
+
+@contextmanager
+def serving(settings):
+    """The app for ``settings`` served on 127.0.0.1 (a free port) while the block runs: its URL."""
+    from curator.ui import build_demo, launch_kwargs
+
+    demo = build_demo(settings)
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
+    )
+    try:
+        yield demo.local_url
     finally:
         demo.close()

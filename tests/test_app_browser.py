@@ -223,7 +223,7 @@ def test_review_a_run_in_a_browser(browser, app, tmp_path):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "05-class-map.png"))
         target = queue[-1] if store.image(queue[-1]).label == 1 else first_b
-        xy = page.evaluate(POINT_XY, str(target))
+        xy = page.evaluate(POINT_XY, [str(target), "anomaly"])
         assert xy, f"anomaly #{target} is not on the class map"
         page.get_by_role("tab", name="Curate").click()
         page.locator("#anomaly-id input").fill(str(queue[0]))
@@ -234,7 +234,7 @@ def test_review_a_run_in_a_browser(browser, app, tmp_path):
         page.locator("#class-umap .js-plotly-plot").wait_for()
         time.sleep(1)
         target = queue[0]
-        xy = page.evaluate(POINT_XY, str(target))
+        xy = page.evaluate(POINT_XY, [str(target), "anomaly"])
         assert xy, f"anomaly #{target} is not on the class map"
         page.mouse.move(xy[0], xy[1])
         page.locator("#umap-thumb-tip").wait_for(state="visible")  # hover shows the thumbnail
@@ -266,17 +266,17 @@ def test_review_a_run_in_a_browser(browser, app, tmp_path):
         context.close()
 
 
-# The page coordinates of the class map's point whose anomaly id (customdata[5]) is the given one
-# and whose kind is "anomaly", from plotly's own axes.
+# Page coordinates of the class map's point of ``kind`` whose anomaly id (customdata[5]) is ``aid``,
+# from plotly's own axes.
 POINT_XY = """
-(aid) => {
+([aid, kind]) => {
   const gd = document.querySelector('#class-umap .js-plotly-plot');
   if (!gd || !gd._fullLayout) return null;
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
   for (const t of gd._fullData) {
     const cd = t.customdata || [];
     for (let i = 0; i < cd.length; i++) {
-      if (cd[i] && String(cd[i][5]) === aid && cd[i][1] === 'anomaly') {
+      if (cd[i] && String(cd[i][5]) === aid && cd[i][1] === kind) {
         return [r.left + xa._offset + xa.l2p(t.x[i]), r.top + ya._offset + ya.l2p(t.y[i])];
       }
     }

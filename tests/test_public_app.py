@@ -23,7 +23,7 @@ import httpx
 import pytest
 import test_app_browser
 import torch
-from conftest import make_tiny_detector, make_tiny_generator, write_image_folder
+from conftest import make_tiny_detector, make_tiny_generator, serving, write_image_folder
 from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 
@@ -43,8 +43,6 @@ NO_RUN = "⚠ no run open: start a run in Set-up, or reopen one"
 def pub(tmp_path_factory):
     """The app launched in public mode on 127.0.0.1 (free port) over tiny models, with two ImageFolders
     of two classes each: ``a``/``b`` and ``cat``/``dog``."""
-    from curator.ui import build_demo, launch_kwargs
-
     saved = {var: os.environ.pop(var) for var in ENV if var in os.environ}
     root = tmp_path_factory.mktemp("public-app")
     data = write_image_folder(root / "data", {"a": 12, "b": 12}, size=20)
@@ -53,21 +51,11 @@ def pub(tmp_path_factory):
     make_tiny_detector(["a", "b"], input_size=20).save(root / "det")
     # the operator offers the tiny models and data folders under root (server_folders); nothing else
     settings = AppSettings(runs_dir=root / "runs", public=True, server_folders=[root])
-    demo = build_demo(settings)
-    demo.queue().launch(
-        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
-    )
     try:
-        yield {
-            "url": demo.local_url,
-            "data": str(data),
-            "pets": str(pets),
-            "gen": str(root / "gen"),
-            "det": str(root / "det"),
-            "settings": settings,
-        }
+        with serving(settings) as url:
+            yield {"url": url, "data": str(data), "pets": str(pets), "gen": str(root / "gen"),
+                   "det": str(root / "det"), "settings": settings}  # fmt: skip
     finally:
-        demo.close()
         os.environ.update(saved)
 
 
