@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,11 @@ from PIL import Image
 
 from curator.config import RunConfig
 from curator.errors import StoreError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no OS lock
+    fcntl = None
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -205,6 +211,56 @@ def load_png(path: Path) -> torch.Tensor:
     return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
 
 
+def _open_writer_lock(run_dir: Path) -> int:
+    """The file descriptor of ``RUN/writer.lock`` (made when missing; never through a symlink)."""
+    return os.open(Path(run_dir) / "writer.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+
+
+def _flock(fd: int) -> bool:
+    """Take the writer lock on ``fd`` without waiting; False when another holder has it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def writer_lock_if_free(run_dir: str | Path):
+    """Yield True while holding a run's writer lock (taken without waiting), False when a writer
+    holds it: for deleting a run that no job may be writing (no job can start meanwhile)."""
+    if fcntl is None:  # pragma: no cover - not POSIX
+        yield True
+        return
+    try:
+        fd = _open_writer_lock(Path(run_dir))
+    except OSError:
+        yield False
+        return
+    try:
+        yield _flock(fd)
+    finally:
+        os.close(fd)
+
+
+def read_config(run_dir: str | Path) -> RunConfig:
+    """A run's parameters, read without opening the run: SQLite's ``immutable`` mode takes no lock,
+    makes no ``-wal``/``-shm`` file and changes no modification time (the sweep reads runs this way).
+    Raises StoreError when the database cannot be read or holds no config."""
+    db_file = Path(run_dir) / "run.sqlite"
+    try:
+        db = sqlite3.connect(db_file.resolve().as_uri() + "?immutable=1", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the run database {db_file}: {exc}") from exc
+    if row is None:
+        raise StoreError(f"{run_dir} has no config")
+    return RunConfig.from_json(row[0])
+
+
 class RunStore:
     """A run folder. ``RunStore.create`` starts one; ``RunStore.open`` reopens it."""
 
@@ -269,14 +325,10 @@ class RunStore:
         """
         if self._lock_fd is not None:
             return
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no OS lock; the schema still refuses twins
+        if fcntl is None:  # pragma: no cover - not POSIX: no OS lock; the schema still refuses twins
             return
-        fd = os.open(self.path / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        fd = _open_writer_lock(self.path)
+        if not _flock(fd):
             holder = os.read(fd, 300).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise StoreError(

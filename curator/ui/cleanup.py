@@ -22,18 +22,17 @@ every ``settings.sweep_interval_s`` and logs what it removed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import sqlite3
 import stat
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from curator.errors import StoreError
+from curator.store import read_config, writer_lock_if_free
 from curator.ui.resources import AppSettings
 
 log = logging.getLogger("curator.ui.cleanup")
@@ -151,18 +150,9 @@ def _per_key(folder: Path) -> list[Path]:
 
 def _upload_of_run(run: Path, settings: AppSettings) -> str | None:
     """The ``_uploads`` entry a run reads its data from, or None (built-in data, a server folder).
-    Raises OSError/sqlite3.Error/ValueError when the run's config cannot be read.
-
-    Read with SQLite's ``immutable`` flag: no lock, no ``-wal``/``-shm`` file made, no mtime changed."""
-    uri = (run / "run.sqlite").resolve().as_uri() + "?immutable=1"
-    db = sqlite3.connect(uri, uri=True)
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
-    finally:
-        db.close()
-    if row is None:
-        raise ValueError(f"{run} has no config")
-    data = json.loads(row[0]).get("data") or ""
+    Raises StoreError/OSError/ValueError when the run's config cannot be read (``store.read_config``:
+    no lock, no file made, no mtime changed)."""
+    data = read_config(run).data or ""
     if data == "mnist5k":
         return None
     try:
@@ -173,30 +163,6 @@ def _upload_of_run(run: Path, settings: AppSettings) -> str | None:
 
 
 # --- deleting --------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _writer_lock(run: Path):
-    """Yield True while holding the run's writer lock (taken without waiting), False when a job holds it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield True
-        return
-    try:  # made when missing, as lock_for_writing would: a job starting now must wait for the deletion
-        fd = os.open(run / "writer.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError:
-        yield False
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def _inside_runs(path: Path, settings: AppSettings) -> bool:
@@ -225,7 +191,7 @@ def _delete(unit: _Unit, settings: AppSettings, report: SweepReport) -> bool:
         for p in unit.paths:
             _remove(p, settings, report)
         return True
-    with _writer_lock(unit.run) as free:
+    with writer_lock_if_free(unit.run) as free:
         if not free or _newest(unit.run / f for f in RUN_FILES) > unit.stamp:  # a job holds it, or wrote meanwhile
             report.kept_busy.append(unit.run)
             return False
@@ -277,7 +243,7 @@ def sweep(settings: AppSettings, now: float | None = None) -> SweepReport:
     for unit in runs.values():
         try:
             entry = _upload_of_run(unit.run, settings)
-        except (OSError, sqlite3.Error, ValueError, AttributeError):
+        except (OSError, StoreError, ValueError, AttributeError):
             unknown = True
             continue
         if entry is not None:
