@@ -45,7 +45,7 @@ class QueueItem:
 def review_queue(store: RunStore) -> list[QueueItem]:
     """Every anomaly of the run in review order, with its decision state."""
     decisions, picks = store.decisions(), store.auto_picks()
-    return [QueueItem(a.id, a.label, decision_state(decisions.get(a.id), picks.get(a.id))) for a in store.anomalies()]
+    return [QueueItem(i, lab, decision_state(decisions.get(i), picks.get(i))) for i, lab in store.anomaly_labels()]
 
 
 @dataclass(frozen=True)

@@ -505,6 +505,13 @@ class RunStore:
             return self._images(where)
         return self._images(where + " AND i.label=?", (label,))
 
+    def anomaly_labels(self) -> list[tuple[int, int]]:
+        """(id, label) of every anomaly in ``anomalies()`` order, without reading images or features
+        (the review queue is built from it on every action)."""
+        q = ("SELECT i.id, i.label FROM images i JOIN prototypes p ON p.id = i.prototype_id "
+             "WHERE i.kind='synthetic' AND i.reason IS NOT NULL ORDER BY i.label, p.idx, i.position")  # fmt: skip
+        return [(int(i), int(lab)) for i, lab in self.db.execute(q)]
+
     def candidates(self, anomaly_id: int) -> list[ImageRecord]:
         return self._images("i.parent_id=?", (anomaly_id,), order="i.round, i.position")
 

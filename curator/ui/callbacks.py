@@ -254,10 +254,11 @@ class Callbacks:
         """The Curate tab's outputs: class picker, queue position, the class's synthetic set and
         anomaly table, then one anomaly beside its candidate cards."""
         cv = class_view(store, label)
+        queue = review_queue(store)  # once per panel: the picker, the default anomaly and the queue line
         aid = int(anomaly_id) if anomaly_id not in (None, "") else None
         if aid not in cv.anomaly_ids:
-            queue = [q for q in review_queue(store) if q.label == label]
-            aid = next((q.anomaly_id for q in queue if not q.reviewed), cv.anomaly_ids[0] if cv.anomaly_ids else None)
+            todo = (q.anomaly_id for q in queue if q.label == label and not q.reviewed)
+            aid = next(todo, cv.anomaly_ids[0] if cv.anomaly_ids else None)
         if not message:
             message = (
                 f"class {cv.name}: {len(cv.gallery)} images, {len(cv.anomaly_ids)} anomalies"
@@ -271,12 +272,12 @@ class Callbacks:
             label=f"Class {cv.name}: synthetic set, {len(cv.gallery)} images (✓ passed; ⚠ {len(cv.anomaly_ids)} "
             "anomalies, their states in the table below; click one to open it)",
         )
-        picker = gr.update(choices=class_choices(store), value=label)
+        picker = gr.update(choices=class_choices(store, queue), value=label)
         if aid is None:
             empty = "No anomaly in this class." if cv.gallery else "This class has not been run yet."
             return (
                 message, gallery, cv.anomalies, None, empty, None, None, cards_html([], str),
-                pd.DataFrame(columns=CANDIDATE_COLUMNS), None, picker, self._queue_text(store, None),
+                pd.DataFrame(columns=CANDIDATE_COLUMNS), None, picker, self._queue_text(queue, None),
             )  # fmt: skip
         av = anomaly_view(store, aid)
         cid = int(candidate_id) if candidate_id not in (None, "") else None
@@ -294,12 +295,12 @@ class Callbacks:
             av.table,
             cid,
             picker,
-            self._queue_text(store, aid),
+            self._queue_text(queue, aid),
         )
 
     @staticmethod
-    def _queue_text(store: RunStore, aid: int | None) -> str:
-        queue = review_queue(store)
+    def _queue_text(queue: list, aid: int | None) -> str:
+        """The action bar's line: where ``aid`` stands in the run's review queue, and how many remain."""
         if not queue:
             return "No anomaly to review yet."
         todo = sum(not q.reviewed for q in queue)
@@ -500,7 +501,12 @@ class Callbacks:
             names = store.class_names
             todo = [c.label for c in store.classes() if c.status != "done"]
         opened = anomaly_id not in (None, "")
-        skip = [gr.skip()] * PANEL_SIZE
+
+        def picker_only(store: RunStore, queue=None) -> list:  # the panel left alone but the picker's counts
+            out = [gr.skip()] * PANEL_SIZE
+            out[10] = gr.update(choices=class_choices(store, queue))
+            return out
+
         t0 = time.perf_counter()
         for i, lab in enumerate(todo):
             where = f"{i + 1} of {len(todo)} classes · "
@@ -514,17 +520,13 @@ class Callbacks:
                     opened = True
                     yield (msg, *self.panel(store, first_label, first, key=self._key(state)))
                 else:
-                    out = list(skip)
-                    out[10] = gr.update(choices=class_choices(store))
-                    yield (msg, *out)
+                    yield (msg, *picker_only(store))
         with self._store(state) as store:
             done = f"all {len(names)} classes done" + (f" in {time.perf_counter() - t0:.1f} s" if todo else "")
             queue = review_queue(store)
             msg = ok(f"{done}: {len(queue)} anomalies, {sum(not q.reviewed for q in queue)} to review")
             if opened:
-                out = list(skip)
-                out[10] = gr.update(choices=class_choices(store))
-                yield (msg, *out)
+                yield (msg, *picker_only(store, queue))
                 return
             first_label, first = self._first_open(store, self._label(store, label) if label not in (None, "") else 0)
             yield (msg, *self.panel(store, first_label if first_label is not None else 0, first, key=self._key(state)))
@@ -533,7 +535,8 @@ class Callbacks:
         """The review queue's line for the anomaly in view (after a run, when the queue has grown)."""
         try:
             with self._store(state) as store:
-                return self._queue_text(store, int(anomaly_id) if anomaly_id not in (None, "") else None)
+                aid = int(anomaly_id) if anomaly_id not in (None, "") else None
+                return self._queue_text(review_queue(store), aid)
         except (*USER_ERRORS, UIError, ValueError):  # no run open, or it is gone: leave the line as it is
             return gr.skip()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curator.review import decision_state, review_queue, summarize
+from curator.review import QueueItem, decision_state, review_queue, summarize
 from curator.store import Decision, RunStore
 
 REASONS = {"label_mismatch": "label mismatch", "low_confidence": "low confidence"}
@@ -113,12 +113,15 @@ class AnomalyView:
     summary_md: str = field(default="")
 
 
-def class_choices(store: RunStore) -> list[tuple[str, int]]:
-    """The class picker: each class with its anomaly and still-to-review counts (or that it has not run)."""
-    queue = review_queue(store)
+def class_choices(store: RunStore, queue: list[QueueItem] | None = None) -> list[tuple[str, int]]:
+    """The class picker: each class with its anomaly and still-to-review counts (or that it has not
+    run). ``queue``: the run's ``review_queue`` when the caller has it already."""
+    by_label: dict[int, list[QueueItem]] = {}
+    for q in review_queue(store) if queue is None else queue:
+        by_label.setdefault(q.label, []).append(q)
     out = []
     for c in store.classes():
-        items = [q for q in queue if q.label == c.label]
+        items = by_label.get(c.label, [])
         if c.status != "done" and not items:
             text = (
                 f"{c.label} · {c.name} — not run yet" if c.status == "pending" else f"{c.label} · {c.name} — {c.status}"
