@@ -133,8 +133,12 @@ def _progress_bar():
     return progress
 
 
-def summary_table(summaries) -> str:
+def summary_frame(summaries):
+    """The per-class summary as a table (pandas): the decision counts under the words of
+    ``review.DECISION_STATES``, as the app's Overview shows them; a last row "all" sums the classes."""
     import pandas as pd
+
+    from curator.review import DECISION_STATES
 
     rows = [
         {
@@ -142,10 +146,7 @@ def summary_table(summaries) -> str:
             "images": s.images,
             "mismatch": s.label_mismatch,
             "low_conf": s.low_confidence,
-            "resolved": s.resolved_auto,
-            "accepted": s.accepted,
-            "overridden": s.overridden,
-            "unresolved": s.unresolved,
+            **s.counts,
             "conf_before": round(s.confidence_before, 3),
             "conf_after": round(s.confidence_after, 3),
             "wall_s": round(s.wall_seconds or 0.0, 1),
@@ -155,10 +156,7 @@ def summary_table(summaries) -> str:
     ]
     df = pd.DataFrame(rows)
     if len(df):
-        total = {
-            c: df[c].sum()
-            for c in ("images", "mismatch", "low_conf", "resolved", "accepted", "overridden", "unresolved", "wall_s")
-        }
+        total = {c: df[c].sum() for c in ("images", "mismatch", "low_conf", *DECISION_STATES, "wall_s")}
         total.update(
             {
                 "class": "all",
@@ -168,7 +166,15 @@ def summary_table(summaries) -> str:
             }
         )
         df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
-    return df.to_string(index=False)
+    return df
+
+
+def summary_table(summaries) -> str:
+    """``summary_frame`` as text, with what each decision state means underneath."""
+    from curator.review import STATE_MEANINGS
+
+    legend = "\n".join(f"  {s}: {m}" for s, m in STATE_MEANINGS.items())
+    return summary_frame(summaries).to_string(index=False) + "\n" + legend
 
 
 def _check_run_args(args: argparse.Namespace) -> RunConfig | None:

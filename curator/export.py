@@ -5,7 +5,8 @@ Layout::
     OUT/<class name>/<file>.png
     OUT/metadata.parquet  file_name, label, class_name, source, prototype_id, seed, confidence,
                           uniqueness, score, decision, run_id (one row per image); its schema carries
-                          the Hugging Face features (``label`` a ``ClassLabel``)
+                          the Hugging Face features (``label`` a ``ClassLabel``); ``decision`` is
+                          ``review.PASSED`` or the anomaly's state (``review.DECISION_STATES``)
     OUT/provenance.csv    the same rows as CSV, for people and pandas (a name ``datasets`` and
                           ImageFolder ignore)
     OUT/run.json          "format": "curator-export/1" (the marker), the run's id, parameters, class

@@ -5,6 +5,8 @@ These read and write through the run store's typed records; the engines and the 
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +14,21 @@ import numpy as np
 from curator.errors import StoreError
 from curator.store import Decision, ImageRecord, RunStore
 
-# What became of an anomaly, and whether a person reviewed it (every state but "auto" and
-# "unresolved" is a person's). The UI, the overview and the CLI all read these names.
+# What became of an anomaly: the one vocabulary of decision states. The CLI summary, the app's
+# Overview and review panel, the export's ``decision`` column and the README use these words, in
+# this order, with these meanings (``STATE_MEANINGS``). Every state but "auto" and "unresolved" is
+# a person's (``REVIEWED_STATES``).
 DECISION_STATES = ("auto", "accepted", "overridden", "kept original", "dropped", "unresolved")
+STATE_MEANINGS = {
+    "auto": "the automatic pick (★) stands; no person has reviewed it",
+    "accepted": "a person accepted the automatic pick (★)",
+    "overridden": "a person chose another candidate than the automatic pick (★)",
+    "kept original": "a person kept the flagged original image",
+    "dropped": "a person dropped the image from the curated set",
+    "unresolved": "no candidate is predicted as the class and no person decided; left out",
+}
 REVIEWED_STATES = ("accepted", "overridden", "kept original", "dropped")
+PASSED = "passed"  # the export's ``decision`` of an image that passed inspection (not an anomaly)
 
 
 def decision_state(decision: Decision | None, pick: int | None) -> str:
@@ -29,6 +42,30 @@ def decision_state(decision: Decision | None, pick: int | None) -> str:
     return "kept original" if decision.choice == "original" else "dropped"
 
 
+def is_reviewed(state: str) -> bool:
+    """A person decided (one of ``REVIEWED_STATES``); "auto" and "unresolved" still await one."""
+    return state in REVIEWED_STATES
+
+
+def state_counts(states: Iterable[str]) -> dict[str, int]:
+    """{state: how many} over ``DECISION_STATES``, in that order (zeros included)."""
+    counts = Counter(states)
+    unknown = set(counts) - set(DECISION_STATES)
+    if unknown:
+        raise ValueError(f"unknown decision state(s) {sorted(unknown)}; the states are {DECISION_STATES}")
+    return {s: counts.get(s, 0) for s in DECISION_STATES}
+
+
+def kept_image(
+    anomaly: ImageRecord, decision: Decision | None, candidate: Callable[[int], ImageRecord]
+) -> ImageRecord | None:
+    """What an anomaly's decision keeps in the curated set: the chosen candidate (looked up with
+    ``candidate``), the original, or nothing (dropped, unresolved, or no decision yet)."""
+    if decision is None or decision.choice in ("unresolved", "drop"):
+        return None
+    return anomaly if decision.choice == "original" else candidate(decision.candidate_id)
+
+
 @dataclass(frozen=True)
 class QueueItem:
     """One anomaly in the review queue (every anomaly of the run, class by class, prototype order)."""
@@ -39,7 +76,7 @@ class QueueItem:
 
     @property
     def reviewed(self) -> bool:
-        return self.state in REVIEWED_STATES
+        return is_reviewed(self.state)
 
 
 def review_queue(store: RunStore) -> list[QueueItem]:
@@ -50,39 +87,54 @@ def review_queue(store: RunStore) -> list[QueueItem]:
 
 @dataclass(frozen=True)
 class ClassSummary:
+    """One class of a run: its images, its anomalies by reason and by decision state (the counts
+    are named as in ``DECISION_STATES``; ``counts`` gives them under those very words)."""
+
     label: int
     name: str
     images: int
     label_mismatch: int
     low_confidence: int
-    resolved_auto: int  # anomalies whose automatic pick stands, not reviewed by a person
-    accepted: int  # a person accepted the automatic pick
-    overridden: int  # a person chose another candidate, kept the original or dropped it
+    auto: int
+    accepted: int
+    overridden: int  # another candidate than the automatic pick; kept original and dropped are not in it
+    kept_original: int
+    dropped: int
     unresolved: int
     confidence_before: float
     confidence_after: float
     wall_seconds: float | None
     status: str
-    kept_original: int = 0  # of ``overridden``: a person kept the original
-    dropped: int = 0  # of ``overridden``: a person dropped the image
 
     @property
     def anomalies(self) -> int:
         return self.label_mismatch + self.low_confidence
 
     @property
-    def other_candidate(self) -> int:
-        """Of ``overridden``: a person chose a candidate other than the automatic pick."""
-        return self.overridden - self.kept_original - self.dropped
+    def counts(self) -> dict[str, int]:
+        """{decision state: anomalies in it}, in ``DECISION_STATES`` order."""
+        return dict(zip(DECISION_STATES, (self.auto, self.accepted, self.overridden, self.kept_original,
+                                          self.dropped, self.unresolved)))  # fmt: skip
+
+    @property
+    def to_review(self) -> int:
+        """Anomalies no person has decided yet ("auto" and "unresolved")."""
+        return sum(n for s, n in self.counts.items() if not is_reviewed(s))
+
+    @property
+    def resolved_auto(self) -> int:
+        """The older name of ``auto``, for callers written before the vocabulary was fixed."""
+        return self.auto
 
 
 @dataclass(frozen=True)
 class Curated:
-    """One image of the curated set: the record, original or refined, and who decided (auto/user)."""
+    """One image of the curated set: the record, original or refined, and its ``decision``: ``PASSED``
+    for an image that passed inspection, else the anomaly's state (``DECISION_STATES``)."""
 
     image: ImageRecord
     source: str  # original | refined
-    decision: str  # auto | user
+    decision: str  # passed | auto | accepted | overridden | kept original
 
 
 def final_set(store: RunStore, label: int) -> list[Curated]:
@@ -90,19 +142,16 @@ def final_set(store: RunStore, label: int) -> list[Curated]:
 
     Unresolved and dropped anomalies are left out.
     """
-    decisions = store.decisions()
+    decisions, picks = store.decisions(), store.auto_picks()
     out = []
     for r in store.synthetic(label):
-        if r.reason is None:
-            out.append(Curated(r, "original", "auto"))
+        if not r.is_anomaly:
+            out.append(Curated(r, "original", PASSED))
             continue
         d = decisions.get(r.id)
-        if d is None or d.choice in ("unresolved", "drop"):
-            continue
-        if d.choice == "original":
-            out.append(Curated(r, "original", d.source))
-        else:
-            out.append(Curated(store.image(d.candidate_id), "refined", d.source))
+        kept = kept_image(r, d, store.image)
+        if kept is not None:
+            out.append(Curated(kept, "original" if kept is r else "refined", decision_state(d, picks.get(r.id))))
     return out
 
 
@@ -113,8 +162,8 @@ def summarize(store: RunStore, labels: list[int] | None = None) -> list[ClassSum
     out = []
     for label in labels if labels is not None else range(len(names)):
         synth = store.synthetic(label)
-        anomalies = [r for r in synth if r.reason is not None]
-        states = [decision_state(decisions.get(a.id), picks.get(a.id)) for a in anomalies]
+        anomalies = [r for r in synth if r.is_anomaly]
+        counts = state_counts(decision_state(decisions.get(a.id), picks.get(a.id)) for a in anomalies)
         final = final_set(store, label)
         out.append(
             ClassSummary(
@@ -123,12 +172,7 @@ def summarize(store: RunStore, labels: list[int] | None = None) -> list[ClassSum
                 images=len(synth),
                 label_mismatch=sum(a.reason == "label_mismatch" for a in anomalies),
                 low_confidence=sum(a.reason == "low_confidence" for a in anomalies),
-                resolved_auto=states.count("auto"),
-                accepted=states.count("accepted"),
-                overridden=sum(s in REVIEWED_STATES and s != "accepted" for s in states),
-                unresolved=states.count("unresolved"),
-                kept_original=states.count("kept original"),
-                dropped=states.count("dropped"),
+                **{s.replace(" ", "_"): n for s, n in counts.items()},
                 confidence_before=float(np.mean([r.confidence for r in synth])) if synth else float("nan"),
                 confidence_after=float(np.mean([f.image.confidence for f in final])) if final else float("nan"),
                 wall_seconds=classes[label].wall_seconds,

@@ -8,15 +8,16 @@ Every score is in [0, 1] with a stated direction (higher is better for all three
 * ``score``: ``confidence + lambda * uniqueness`` (in [0, 1 + lambda]), used to rank candidates.
 
 Features are centred before L2-normalisation (``normalize_features``): raw post-ReLU features are
-all positive, so their cosines all sit near 1 and uniqueness would barely vary (measured
-0.025..0.04 on mnist5k). The run's ``uniqueness_centre`` says on what (``Pipeline.normalized``
-centres each row): "class", the mean real feature of the image's own class, or "global", the mean
-over all classes. Candidates are only ever compared with images of their own class, and those all
-point roughly the same way from the global mean (the class's own offset), so global centring still
-squeezes uniqueness near 0 (median 0.033 over the candidates of a default run); centred on its
-class's mean, an image's direction is how it differs from its class, and uniqueness spreads over
-[0, 1] (median 0.46 there). Which selects the better set was measured, not assumed: the default
-stays "global" (benchmarks/UNIQUENESS.md, and the reasoning in benchmarks/DEFAULTS.md).
+all positive, so their cosines all sit near 1 and uniqueness would barely vary (measured 0.025..0.04
+on mnist5k). The run's ``uniqueness_centre`` says on what (``Engine.feature_center`` gives the
+centre, ``stages.select_class`` centres on it): "class", the mean real feature of the image's own
+class, or "global", the mean over all classes. Candidates are only ever compared with images of
+their own class, and those all point roughly the same way from the global mean (the class's own
+offset), so global centring still squeezes uniqueness near 0 (median 0.033 over the candidates of a
+default run); centred on its class's mean, an image's direction is how it differs from its class,
+and uniqueness spreads over [0, 1] (median 0.46 there). Which selects the better set was measured,
+not assumed: the default stays "global" (benchmarks/UNIQUENESS.md, and the reasoning in
+benchmarks/DEFAULTS.md).
 """
 
 from __future__ import annotations
@@ -28,6 +29,18 @@ import numpy as np
 
 LABEL_MISMATCH = "label_mismatch"
 LOW_CONFIDENCE = "low_confidence"
+GLOBAL_CENTRE = -1  # the key of the mean over all classes' real features, beside each class's own
+
+
+def label_consistent(predicted: np.ndarray, label: int) -> np.ndarray:
+    """Which candidates selection may pick: those predicted as the anomaly's label (bool [K])."""
+    return np.asarray(predicted) == int(label)
+
+
+def passes(confidence: np.ndarray, predicted: np.ndarray, label: int, tau: float) -> np.ndarray:
+    """Which images pass inspection: predicted as ``label`` with its confidence at least ``tau``
+    (bool [N]); a candidate that passes would not be an anomaly itself."""
+    return label_consistent(predicted, label) & (np.asarray(confidence) >= tau)
 
 
 def label_confidence(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -41,9 +54,14 @@ def anomaly_reasons(probs: np.ndarray, labels: np.ndarray, tau: float) -> list[s
     ``low_confidence`` if the label's probability is strictly below ``tau``, else None."""
     probs = np.asarray(probs)
     labels = np.asarray(labels, dtype=int)
-    conf = label_confidence(probs, labels)
-    pred = probs.argmax(1)
-    return [LABEL_MISMATCH if p != y else (LOW_CONFIDENCE if c < tau else None) for p, y, c in zip(pred, labels, conf)]
+    return [anomaly_reason(c, p, y, tau) for c, p, y in zip(label_confidence(probs, labels), probs.argmax(1), labels)]
+
+
+def anomaly_reason(confidence: float, predicted: int, label: int, tau: float) -> str | None:
+    """One image's ``anomaly_reasons`` from its label's confidence and its predicted class."""
+    if predicted != label:
+        return LABEL_MISMATCH
+    return LOW_CONFIDENCE if confidence < tau else None
 
 
 def normalize_features(features: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
@@ -98,11 +116,11 @@ def score_candidates(
     conf = np.asarray(confidence, dtype=np.float32)
     uniq = uniqueness(features, qualified)
     score = (conf + lam * uniq).astype(np.float32)
-    consistent = np.asarray(predicted) == int(label)
-    passes = consistent & (conf >= tau)
-    eligible = passes if passes.any() else consistent
+    consistent = label_consistent(predicted, label)
+    passing = passes(conf, predicted, label, tau)
+    eligible = passing if passing.any() else consistent
     pick = int(np.where(eligible, score, -np.inf).argmax()) if eligible.any() else None
-    return Selection(pick, conf, uniq, score, consistent, passes)
+    return Selection(pick, conf, uniq, score, consistent, passing)
 
 
 def select_greedy(

@@ -31,7 +31,7 @@ from curator.models.detector import Detector
 from curator.models.generator import Generator
 from curator.prototypes import class_prototypes as kmeans_prototypes
 from curator.prototypes import encode_class
-from curator.scoring import anomaly_reasons, normalize_features, select_greedy
+from curator.scoring import GLOBAL_CENTRE, anomaly_reasons, label_consistent, normalize_features, select_greedy
 
 AnomalyKey = tuple[int, int]  # (label, prototype index)
 
@@ -105,7 +105,13 @@ class GroupState:
     prototypes: dict[int, tuple[Prototype, ...]] = field(default_factory=dict)  # complete sets only
     synthetic: dict[AnomalyKey, Inspected] = field(default_factory=dict)  # by (label, prototype index)
     rounds_done: dict[AnomalyKey, int] = field(default_factory=dict)  # complete candidate rounds per anomaly
-    settled: frozenset[AnomalyKey] = frozenset()  # anomalies needing no more rounds (resolved or decided)
+    settled: frozenset[AnomalyKey] = frozenset()  # anomalies needing no more rounds (``is_settled``)
+
+
+def is_settled(decided: bool, label: int, predicted: Sequence[int]) -> bool:
+    """An anomaly needs no more automatic candidate rounds once it has a decision (``decided``:
+    anything but unresolved) or a candidate selection can pick (``scoring.label_consistent``)."""
+    return decided or bool(label_consistent(np.asarray(predicted, dtype=int), label).any())
 
 
 # --- stages ------------------------------------------------------------------------------------
@@ -127,13 +133,10 @@ def real_features(
 
 
 def feature_centres(features: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, np.ndarray]:
-    """Each class's mean feature, and the mean over every class at key ``GLOBAL`` (-1)."""
+    """Each class's mean feature, and the mean over every class at key ``GLOBAL_CENTRE``."""
     centres = {label: f.mean(0) for label, (_, f) in features.items()}
-    centres[GLOBAL] = np.concatenate([f for _, f in features.values()]).mean(0)
+    centres[GLOBAL_CENTRE] = np.concatenate([f for _, f in features.values()]).mean(0)
     return centres
-
-
-GLOBAL = -1
 
 
 def class_prototypes(generator: Generator, data: Dataset, label: int, ipc: int, seed: int, batch_size: int = 256):
@@ -218,8 +221,8 @@ def run_group(
     across the classes; yields what the store lacks (``state``), stage by stage.
 
     Candidate rounds (default ``1..config.rounds``) are made for anomalies that are not settled: an
-    anomaly is settled by a decision or once a round gave it a label-consistent candidate (then
-    selection can pick one; ``scoring.score_candidates``).
+    anomaly is settled by a decision or once a round gave it a candidate selection can pick
+    (``is_settled``).
     """
     state = state or GroupState()
     protos: dict[int, tuple[Prototype, ...]] = {}
@@ -260,7 +263,7 @@ def run_group(
             images = yield from _generate(generator, latents, jobs, config, "refinement", lo * k, len(open_) * k)
             inspected = inspect(detector, images, jobs, config.tau)
             yield ImagesDone("refinement", tuple(jobs), images, inspected)
-            settled |= {j.anomaly for j, r in zip(jobs, inspected) if r.predicted == j.label}
+            settled |= {j.anomaly for j, r in zip(jobs, inspected) if is_settled(False, j.label, [r.predicted])}
 
 
 def _generate(generator, latents, jobs, config, stage, base=0, total=None):
@@ -284,6 +287,16 @@ class Candidates:
     predicted: np.ndarray  # [K]
     features: np.ndarray  # [K, D] raw
     kept: np.ndarray | None = None  # [M, D] raw
+
+    @classmethod
+    def of(cls, records: Sequence, kept: np.ndarray | None = None) -> Candidates:
+        """From stored candidate records (anything with ``confidence``, ``predicted``, ``feature``)."""
+        return cls(
+            np.array([r.confidence for r in records]),
+            np.array([r.predicted for r in records]),
+            np.stack([r.feature for r in records]),
+            kept,
+        )
 
 
 def select_class(

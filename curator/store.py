@@ -37,6 +37,7 @@ from PIL import Image
 
 from curator.config import RunConfig
 from curator.errors import StoreError
+from curator.scoring import GLOBAL_CENTRE  # the ``centres`` row of the mean over all classes' real features
 
 try:
     import fcntl
@@ -47,7 +48,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS classes (
     label INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
-    wall_seconds REAL, n_train INTEGER);
+    wall_seconds REAL);
 CREATE TABLE IF NOT EXISTS prototypes (
     id INTEGER PRIMARY KEY, label INTEGER NOT NULL, idx INTEGER NOT NULL, file TEXT NOT NULL,
     preview TEXT NOT NULL, n_members INTEGER, UNIQUE(label, idx));
@@ -75,7 +76,6 @@ CREATE INDEX IF NOT EXISTS images_by_parent ON images(parent_id);
 CREATE UNIQUE INDEX IF NOT EXISTS one_synthetic_per_prototype ON images(prototype_id, position)
     WHERE kind = 'synthetic';
 """
-GLOBAL_CENTRE = -1  # the ``centres`` row of the mean over all classes' real features
 
 _CRASH_AFTER = int(os.environ.get("CURATOR_CRASH_AFTER_COMMITS") or 0)
 _commits = 0
@@ -96,6 +96,11 @@ class Decision:
     choice: str  # candidate | original | drop | unresolved
     candidate_id: int | None
     source: str  # auto | user
+
+    @classmethod
+    def automatic(cls, anomaly_id: int, pick: int | None) -> Decision:
+        """The pipeline's decision for its pick: keep candidate ``pick``, or unresolved when None."""
+        return cls(anomaly_id, "candidate" if pick is not None else "unresolved", pick, "auto")
 
     def as_json(self) -> str:
         return json.dumps({"choice": self.choice, "candidate_id": self.candidate_id, "source": self.source})
@@ -345,7 +350,8 @@ class RunStore:
         """What is wrong with this run (empty when consistent): SQLite's ``integrity_check``, then the
         project's rules: one synthetic image per prototype, every file present, finished classes
         complete (prototypes, synthesis, whole candidate rounds, a decision per anomaly), decisions
-        that point at their anomaly's candidates, real features and centres for every class."""
+        that point at their anomaly's candidates, automatic decisions that keep the stored automatic
+        pick, scored candidates in finished classes, real features and centres for every class."""
         problems = [f"integrity_check: {r[0]}" for r in self.db.execute("PRAGMA integrity_check") if r[0] != "ok"]
         cfg = self.config
         for c in self.classes():
@@ -363,8 +369,14 @@ class RunStore:
                 d = self.decision(a.id)
                 if done and d is None:
                     problems.append(f"anomaly {a.id}: class {label} is done but the anomaly has no decision")
+                if done and any(c.score is None for c in cands):
+                    problems.append(f"anomaly {a.id}: class {label} is done but candidates are not scored")
                 if d is not None and d.choice == "candidate" and d.candidate_id not in {r.id for r in cands}:
                     problems.append(f"anomaly {a.id}: decision names image {d.candidate_id}, not its candidate")
+                auto = self.automatic_decision(a.id)
+                if d is not None and d.source == "auto" and auto is not None and d != auto:
+                    problems.append(f"anomaly {a.id}: automatic decision keeps {d.candidate_id}, the stored pick is "
+                                    f"{auto.candidate_id}")  # fmt: skip
         files = [r[0] for r in self.db.execute("SELECT file FROM images UNION ALL SELECT file FROM prototypes")]
         files += [r[0] for r in self.db.execute("SELECT preview FROM prototypes")]
         problems += [f"missing file {f}" for f in files if not (self.path / f).is_file()]
@@ -588,8 +600,19 @@ class RunStore:
                     (decision.anomaly_id, before.as_json() if before else None, decision.as_json(), time.time()),
                 )
 
+    def automatic_decision(self, anomaly_id: int) -> Decision | None:
+        """The pipeline's decision as its stored pick (``auto_picks``) now stands; None before the
+        anomaly's class was selected (or in runs stored before picks were kept)."""
+        row = self.db.execute("SELECT candidate_id FROM auto_picks WHERE anomaly_id=?", (anomaly_id,)).fetchone()
+        return None if row is None else Decision.automatic(anomaly_id, row[0])
+
     def undo_last(self) -> Undone | None:
-        """Revert the most recent logged decision; None when the log is empty."""
+        """Revert the most recent logged decision; None when the log is empty.
+
+        A person's earlier decision comes back as it was logged. An undo that returns the anomaly
+        to the pipeline (the logged "before" was automatic, or there was none) restores the
+        automatic pick as it stands now: a regenerate since the decision may have changed it.
+        """
         with self.transaction():
             row = self.db.execute(
                 "SELECT l.id, l.anomaly_id, l.before, l.after, i.label FROM decision_log l "
@@ -600,11 +623,13 @@ class RunStore:
             log_id, anomaly_id, before, after, label = row
             was = Decision(anomaly_id, **json.loads(after)) if after else None
             self.db.execute("DELETE FROM decision_log WHERE id=?", (log_id,))
-            if before is None:
+            d = Decision(anomaly_id, **json.loads(before)) if before else None
+            if d is None or d.source == "auto":
+                d = self.automatic_decision(anomaly_id) or d  # runs without stored picks: the logged one
+            if d is None:
                 self.db.execute("DELETE FROM decisions WHERE anomaly_id=?", (anomaly_id,))
-                return Undone(anomaly_id, label, None, was)
-            d = Decision(anomaly_id, **json.loads(before))
-            self.decide(d, log=False)
+            else:
+                self.decide(d, log=False)
             return Undone(anomaly_id, label, d, was)
 
     # --- real features (feature centre, UMAP) --------------------------------------------------

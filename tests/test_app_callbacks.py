@@ -15,8 +15,9 @@ import pytest
 import torch
 from conftest import make_tiny_detector, make_tiny_generator, write_image_folder
 
-from curator.review import summarize
-from curator.store import RunStore
+from curator.cli import summary_frame
+from curator.review import DECISION_STATES, summarize
+from curator.store import Decision, RunStore
 from curator.ui import jobs
 from curator.ui.callbacks import DATA_SOURCES, MODEL_SOURCES, PANEL_SIZE, Callbacks
 from curator.ui.resources import AppSettings
@@ -294,6 +295,50 @@ def test_each_decision_state_is_named_and_counted(cb, assets):
     assert df.loc["a", ["auto", "accepted", "overridden", "kept original", "dropped", "unresolved"]].sum() == IPC
 
 
+def test_the_cli_summary_and_the_overview_show_the_same_counts_under_the_same_names(cb, assets):
+    state = started(cb, assets)
+    list(cb.run_all(state, 0, None, progress=None))
+    store = RunStore.open(state["run"])
+    ids = [a.id for a in store.anomalies(0)]
+    cb.decide(state, 0, ids[0], None, "original")
+    cb.decide(state, 0, ids[1], None, "drop")
+    other = next(c.id for c in store.candidates(ids[2]) if c.id != store.auto_pick(ids[2]))
+    cb.decide(state, 0, ids[2], other, "candidate")
+    cli = summary_frame(summarize(store)).set_index("class")
+    overview = cb.overview(state, "all classes", "label", False)[1].set_index("class")
+    states = list(DECISION_STATES)
+    for name in store.class_names:
+        assert cli.loc[name, states].tolist() == overview.loc[name, states].tolist(), name
+    # one state each: "overridden" is another candidate only, not the kept original or the drop
+    assert overview.loc["a", ["overridden", "kept original", "dropped"]].tolist() == [1, 1, 1]
+    assert cli.loc["all", states].sum() == len(store.anomalies())
+
+
+def test_undo_after_a_regenerate_answers_with_the_pick_as_it_stands_now(cb, assets):
+    """The issue's reproduction through the app: choose another candidate, regenerate until the
+    stored automatic pick moves, undo: the decision is the pick as it stands now, not the old one."""
+    state, _ = ran(cb, assets)
+    store = RunStore.open(state["run"])
+    aid = next(a.id for a in store.anomalies(0) if store.auto_pick(a.id) is not None)
+    old = store.auto_pick(aid)
+    other = next(c.id for c in store.candidates(aid) if c.id != old)
+    assert cb.decide(state, 0, aid, other, "candidate")[0].startswith(f"✔ #{aid}: candidate #{other} kept (overridden)")
+    for _ in range(6):
+        assert cb.regenerate(state, 0, aid, progress=None)[0].startswith("✔")
+        if store.auto_pick(aid) != old:
+            break
+    new = store.auto_pick(aid)
+    assert new not in (old, None), "six rounds never moved the automatic pick: the test cannot tell stale from fresh"
+    undone = cb.undo(state, 0, aid)
+    assert undone[0].startswith(f"✔ undone on #{aid} (class a): #{other} · ") and undone[0].endswith(
+        f"now #{new} · auto"
+    ), undone[0]
+    assert store.decision(aid) == Decision.automatic(aid, new)
+    table = undone[P["table"]]
+    assert table.loc[table["pick"] == "★", "candidate"].tolist() == [new]
+    assert f"#{new} · auto" in undone[P["text"]] and store.check() == []
+
+
 def test_accept_keeps_the_stored_pick_and_moves_to_the_next_to_review(cb, assets):
     state, panel = ran(cb, assets)
     store = RunStore.open(state["run"])
@@ -436,8 +481,8 @@ def test_export_offers_a_zip_with_metadata_recording_the_override(cb, assets):
         meta = pd.read_csv(zf.open("provenance.csv"))
         assert "metadata.parquet" in zf.namelist()
         assert set(meta["file_name"]) <= set(zf.namelist())
-    assert len(preview) == len(meta) and (meta["decision"] == "user").sum() == 1
-    assert meta.loc[meta["decision"] == "user", "source"].iloc[0] == "original"
+    assert len(preview) == len(meta) and (meta["decision"] == "kept original").sum() == 1
+    assert meta.loc[meta["decision"] == "kept original", "source"].iloc[0] == "original"
 
 
 # --- device function, UMAP ------------------------------------------------------------------------

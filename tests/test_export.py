@@ -16,7 +16,7 @@ from curator.cli import main as cli_main
 from curator.config import RunConfig
 from curator.engine import LocalEngine
 from curator.export import COLUMNS, FORMAT, METADATA, PROVENANCE, UnfinishedRunError, export_run, hf_features
-from curator.review import final_set, user_decide
+from curator.review import DECISION_STATES, REVIEWED_STATES, final_set, user_decide
 
 
 def _config() -> RunConfig:
@@ -77,8 +77,10 @@ def test_export_round_trip_through_torchvision(tmp_path, finished_run):
     for row in meta.itertuples():
         assert by_file[row.file_name] == row.label
         assert ds.classes[row.label] == str(row.class_name)
-    user_rows = meta[meta.decision == "user"]
+    user_rows = meta[meta.decision.isin(REVIEWED_STATES)]
     assert len(user_rows) == 3 and sorted(user_rows.source) == ["original", "original", "refined"]
+    assert set(meta.decision[meta.source == "original"]) <= {"kept original", "passed"}
+    assert set(meta.decision) <= {"passed", *DECISION_STATES}
     assert set(meta.run_id) == {store.run_id}
     info = json.loads((folder / "run.json").read_text())
     assert info["format"] == FORMAT and info["missing_classes"] == [] and info["label_names"] == ["0", "1"]

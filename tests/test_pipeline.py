@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from curator import stages
 from curator.config import RunConfig
 from curator.data import DataError
 from curator.engine import Cancelled, LocalEngine
 from curator.review import final_set, summarize, user_decide
-from curator.store import RunStore, StoreError, load_png
+from curator.store import Decision, RunStore, StoreError, load_png
 
 
 def make_pipeline(tmp_path, mnist, gen, det, **overrides):
@@ -94,7 +95,97 @@ def test_user_decisions_undo_and_regenerate(tmp_path, mnist, tiny_generator, tin
     round_ = pipe.regenerate(a.id)
     assert round_ == 2 and len(store.candidates(a.id)) == 8
     assert store.decision(a.id).choice == "original"  # a person's decision survives rescoring
-    assert summarize(store, [0])[0].overridden == 1
+    s = summarize(store, [0])[0]
+    assert (s.kept_original, s.overridden) == (1, 0)  # "overridden" is another candidate only
+
+
+# --- undo after a regenerate: back to the pipeline's pick as it stands now ----------------------
+def regenerate_until_the_pick_moves(pipe: LocalEngine, anomaly_id: int) -> tuple[int | None, int | None]:
+    """Regenerate (at most 6 rounds) until the stored automatic pick changes; (old pick, new pick)."""
+    old = pipe.store.auto_pick(anomaly_id)
+    for _ in range(6):
+        pipe.regenerate(anomaly_id)
+        if pipe.store.auto_pick(anomaly_id) != old:
+            break
+    new = pipe.store.auto_pick(anomaly_id)
+    assert new != old, "six rounds never moved the automatic pick: the test cannot tell stale from fresh"
+    return old, new
+
+
+def other_candidate(store: RunStore, anomaly_id: int, *not_these: int | None) -> int:
+    return next(c.id for c in store.candidates(anomaly_id) if c.id not in (store.auto_pick(anomaly_id), *not_these))
+
+
+@pytest.fixture
+def selected(tmp_path, mnist, tiny_generator, tiny_detector):
+    """A finished two-class run where every image is an anomaly (tau 1.0); its first anomaly with a
+    pick (the tiny random detector predicts class 4 for everything, so class 4 has picks)."""
+    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0, classes=["4", "5"])
+    pipe.run()
+    a = next(a for a in pipe.store.anomalies(4) if pipe.store.auto_pick(a.id) is not None)
+    yield pipe, a.id
+    pipe.close()
+
+
+def test_undo_after_a_regenerate_restores_the_pick_as_it_stands_now(selected):
+    """The issue's reproduction: decide another candidate, regenerate (the stored pick moves), undo."""
+    pipe, aid = selected
+    store = pipe.store
+    mine = other_candidate(store, aid)
+    user_decide(store, aid, "candidate", mine)
+    old, new = regenerate_until_the_pick_moves(pipe, aid)
+    assert store.decision(aid) == Decision(aid, "candidate", mine, "user")  # rescoring keeps a person's choice
+    undone = store.undo_last()
+    assert undone.now == store.decision(aid) == Decision.automatic(aid, new)  # not the logged #old
+    assert store.check() == []
+
+
+def test_regenerate_then_decide_then_undo(selected):
+    pipe, aid = selected
+    store = pipe.store
+    _, new = regenerate_until_the_pick_moves(pipe, aid)
+    user_decide(store, aid, "drop")
+    assert store.undo_last().now == store.decision(aid) == Decision.automatic(aid, new)
+
+
+def test_undo_twice_across_a_regenerate(selected):
+    """The first undo brings back the person's earlier choice as logged; the second, the pick as it is now."""
+    pipe, aid = selected
+    store = pipe.store
+    first = other_candidate(store, aid)
+    user_decide(store, aid, "candidate", first)
+    user_decide(store, aid, "original")
+    _, new = regenerate_until_the_pick_moves(pipe, aid)
+    assert store.undo_last().now == Decision(aid, "candidate", first, "user")
+    assert store.undo_last().now == store.decision(aid) == Decision.automatic(aid, new)
+    assert store.undo_last() is None and store.check() == []
+
+
+def test_a_decision_made_during_selection_waits_and_is_never_overwritten(selected, monkeypatch):
+    """A person decides (another connection, as the app does) between selection's read of the
+    decisions and its write: the write lock makes the person's write wait, then it stands."""
+    pipe, aid = selected
+    store = pipe.store
+    mine = other_candidate(store, aid)
+    person = RunStore.open(store.path)
+    person.db.execute("PRAGMA busy_timeout=0")  # do not wait the 30 s: see at once whether it would
+    real, refused = stages.select_class, []
+
+    def select_then_interleave(*args, **kwargs):
+        try:
+            user_decide(person, aid, "candidate", mine)
+        except Exception as exc:  # noqa: BLE001 - which error is the point of the assertion below
+            refused.append(exc)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "select_class", select_then_interleave)
+    pipe.select(4)
+    assert len(refused) == 1 and "locked" in str(refused[0])  # it had to wait for the selection
+    user_decide(person, aid, "candidate", mine)  # ... and, once selection committed, it goes through
+    monkeypatch.setattr(stages, "select_class", real)
+    pipe.select(4)  # a later selection keeps it too
+    assert store.decision(aid) == Decision(aid, "candidate", mine, "user")
+    person.close()
 
 
 def test_resume_after_cancel_mid_class_keeps_finished_work(tmp_path, mnist, tiny_generator, tiny_detector):

@@ -18,7 +18,7 @@ from curator.data import Dataset
 from curator.models.detector import Detector
 from curator.models.generator import Generator
 from curator.models.loading import check_class_sizes, load_components
-from curator.review import ClassSummary, summarize
+from curator.review import ClassSummary, kept_image, summarize
 from curator.store import GLOBAL_CENTRE, Decision, ImageRecord, NewImage, RunStore, StoreError
 
 # (stage, done, total, label); label is None when the step covers several classes at once
@@ -230,7 +230,7 @@ class Engine:
                 per_round = Counter(c.round for c in cands)
                 rounds_done[key] = max((n for n, c in per_round.items() if c == self.config.k), default=0)
                 d = decisions.get(r.id)
-                if (d is not None and d.choice != "unresolved") or any(c.predicted == label for c in cands):
+                if stages.is_settled(d is not None and d.choice != "unresolved", label, [c.predicted for c in cands]):
                     settled.add(key)
         return stages.GroupState(protos, synthetic, rounds_done, frozenset(settled))
 
@@ -267,47 +267,45 @@ class Engine:
 
     # --- selection -----------------------------------------------------------------------------
     def select(self, label: int) -> None:
-        """Greedy selection over the class's anomalies; a person's decisions stay and join the pool."""
+        """Greedy selection over the class's anomalies; a person's decisions stay and join the pool.
+
+        Decisions are read and the automatic ones written in one write transaction (SQLite's
+        ``BEGIN IMMEDIATE``), so a person's decision made meanwhile (the app allows one while a
+        Regenerate or Run of the class is going) waits for it and is never overwritten by it.
+        """
         self.progress("selection", 0, 1, label)
-        decisions = self.store.decisions()
-        passed = [r.feature for r in self.store.synthetic(label) if r.reason is None]
-        anomalies, inputs = [], []
-        for a in self.store.anomalies(label):
-            cands = self.store.candidates(a.id)
-            if not cands:
-                continue
-            d = decisions.get(a.id)
-            feats = np.stack([c.feature for c in cands])
-            if d is None or d.source == "auto":
-                kept = None
-            elif d.choice == "candidate":
-                kept = feats[[c.id for c in cands].index(d.candidate_id)][None]
-            elif d.choice == "original":
-                kept = a.feature[None]
-            else:
-                kept = feats[:0]
-            anomalies.append((a, cands, kept))
-            inputs.append(stages.Candidates(np.array([c.confidence for c in cands]),
-                                            np.array([c.predicted for c in cands]), feats, kept))  # fmt: skip
-        selections = stages.select_class(
-            label, np.stack(passed) if passed else np.zeros((0, 1), np.float32), inputs,
-            self.feature_center(label), self.config.lam, self.config.tau,
-        )  # fmt: skip
+        centre = self.feature_center(label)  # before the transaction: it may compute and store the centres
         with self.store.transaction():
+            decisions = self.store.decisions()
+            passed = [r.feature for r in self.store.synthetic(label) if not r.is_anomaly]
+            anomalies, inputs = [], []
+            for a in self.store.anomalies(label):
+                cands = self.store.candidates(a.id)
+                if not cands:
+                    continue
+                d = decisions.get(a.id)
+                if d is None or d.source == "auto":
+                    kept = None
+                else:
+                    by_id = {c.id: c for c in cands}
+                    image = kept_image(a, d, by_id.__getitem__)
+                    kept = np.zeros((0, len(a.feature)), np.float32) if image is None else image.feature[None]
+                anomalies.append((a, cands, kept))
+                inputs.append(stages.Candidates.of(cands, kept))
+            selections = stages.select_class(
+                label, np.stack(passed) if passed else np.zeros((0, 1), np.float32), inputs, centre,
+                self.config.lam, self.config.tau,
+            )  # fmt: skip
             self.store.set_scores(
                 [(c.id, u, s) for (_, cands, _), sel in zip(anomalies, selections)
                  for c, u, s in zip(cands, sel.uniqueness, sel.score)]
             )  # fmt: skip
-            self.store.set_auto_picks(
-                [(a.id, cands[sel.pick].id if sel.pick is not None else None)
-                 for (a, cands, _), sel in zip(anomalies, selections)]
-            )  # fmt: skip
-            for (a, cands, kept), sel in zip(anomalies, selections):
+            picks = [(a.id, cands[sel.pick].id if sel.pick is not None else None)
+                     for (a, cands, _), sel in zip(anomalies, selections)]  # fmt: skip
+            self.store.set_auto_picks(picks)
+            for (a_id, pick), (_, _, kept) in zip(picks, anomalies):
                 if kept is None:
-                    chosen = cands[sel.pick].id if sel.pick is not None else None
-                    self.store.decide(
-                        Decision(a.id, "candidate" if chosen else "unresolved", chosen, "auto"), log=False
-                    )
+                    self.store.decide(Decision.automatic(a_id, pick), log=False)
         self.progress("selection", 1, 1, label)
 
     def normalized(self, rows: Sequence[ImageRecord]) -> np.ndarray:
@@ -334,6 +332,20 @@ class Engine:
             state.prototypes, state.synthetic, {key: round_ - 1},
             frozenset(k for k in state.synthetic if k != key),
         )  # fmt: skip
-        self.consume([a.label], self._stream([a.label], only, range(round_, round_ + 1)))
-        self.select(a.label)
+        was_done = self.store.class_status(a.label) == "done"
+        if was_done:  # until it is rescored, a killed process leaves the class to resume (``run``)
+            self.store.set_class_status(a.label, "running")
+        try:
+            self.consume([a.label], self._stream([a.label], only, range(round_, round_ + 1)))
+        except Cancelled:  # the round is stored whole or not at all: rescore what is there
+            self._rescore(a.label, was_done)
+            raise
+        self._rescore(a.label, was_done)
         return round_
+
+    def _rescore(self, label: int, done: bool) -> None:
+        """Select in the class and, if it was done, mark it done again, in one transaction."""
+        with self.store.transaction():
+            self.select(label)
+            if done:
+                self.store.set_class_status(label, "done")

@@ -35,7 +35,7 @@ from curator.engine import Cancelled, LocalEngine, ProgressFn
 from curator.errors import USER_ERRORS
 from curator.export import export_run, unfinished_classes
 from curator.models.loading import resolve_config
-from curator.review import decision_state, review_queue, user_decide
+from curator.review import decision_state, is_reviewed, review_queue, user_decide
 from curator.store import RunStore
 from curator.ui import jobs, resources, serving, visitors
 from curator.ui.plots import class_figure, umap_figure
@@ -485,7 +485,7 @@ class Callbacks:
         (s,) = jobs.run_job(path, [lab], progress=_progress_fn(progress, names))
         msg = ok(
             f"class {s.name} done in {time.perf_counter() - t0:.1f} s: {s.anomalies} anomalies, "
-            f"{s.resolved_auto} picked automatically, {s.unresolved} unresolved"
+            f"{s.auto} picked automatically, {s.unresolved} unresolved"
         )
         with self._store(state) as store:
             return (msg, *self.panel(store, lab, message=msg, key=self._key(state)))
@@ -568,7 +568,7 @@ class Callbacks:
         with self._store(state) as store:
             aid = _int(anomaly_id, "anomaly id")
             row = store.image(aid)
-            if row.kind != "synthetic" or row.reason is None:
+            if not row.is_anomaly:
                 what = "passed inspection" if row.kind == "synthetic" else "is a candidate"
                 raise UIError(f"image #{aid} is not an anomaly (it {what})")
             return self.panel(store, row.label, aid, key=self._key(state))
@@ -579,7 +579,7 @@ class Callbacks:
             lab = self._label(store, label)
             rows = store.synthetic(lab)
             r = rows[evt.index if isinstance(evt.index, int) else evt.index[0]]
-            if r.reason is None:
+            if not r.is_anomaly:
                 return (ok(f"image #{r.id} passed inspection (confidence {r.confidence:.4f})"),) + tuple(
                     gr.skip() for _ in range(PANEL_SIZE - 1)
                 )
@@ -663,7 +663,7 @@ class Callbacks:
                     )
                 before = decision_state(store.decision(aid), pick)
                 user_decide(store, aid, "candidate", pick)  # reviewed: shown as "accepted"
-                note = f" (it was {before}; U undoes)" if before in ("overridden", "kept original", "dropped") else ""
+                note = f" (it was {before}; U undoes)" if is_reviewed(before) and before != "accepted" else ""
                 msg = ok(f"#{aid}: automatic pick #{pick} accepted{note}")
                 nxt = self._next_todo(store, aid)
                 if nxt is None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from curator.review import QueueItem, decision_state, review_queue, summarize
+from curator.review import DECISION_STATES, REVIEWED_STATES, QueueItem, decision_state, review_queue, summarize
+from curator.scoring import label_consistent, passes
 from curator.store import Decision, RunStore
 
 REASONS = {"label_mismatch": "label mismatch", "low_confidence": "low confidence"}
@@ -30,12 +31,7 @@ OVERVIEW_COLUMNS = [
     "to review",
     "label mismatch",
     "low confidence",
-    "auto",
-    "accepted",
-    "overridden",
-    "kept original",
-    "dropped",
-    "unresolved",
+    *DECISION_STATES,  # review's words and counts (ClassSummary.counts), as the CLI summary shows them
     "conf before",
     "conf after",
 ]
@@ -61,10 +57,10 @@ def decision_text(d: Decision | None, pick: int | None = None) -> str:
 
 
 def candidate_mark(predicted: int, confidence: float, label: int, tau: float) -> str:
-    """``pass`` (the anomaly's class, confidence ≥ tau), ``below`` (its class, under tau) or ``other``."""
-    if predicted != label:
+    """``pass`` (``scoring.passes``), ``below`` (its class, under tau) or ``other`` (another class)."""
+    if not label_consistent(predicted, label):
         return "other"
-    return "pass" if confidence >= tau else "below"
+    return "pass" if passes(confidence, predicted, label, tau) else "below"
 
 
 @dataclass
@@ -145,7 +141,7 @@ def class_view(store: RunStore, label: int) -> ClassView:
     gallery, ids, rows, anomaly_ids = [], [], [], []
     for r in synth:
         path = str(store.path / r.file)
-        if r.reason is None:
+        if not r.is_anomaly:
             caption = f"#{r.id} ✓"
         else:
             d, pick = decisions.get(r.id), picks.get(r.id)
@@ -173,7 +169,7 @@ def class_view(store: RunStore, label: int) -> ClassView:
 
 def anomaly_view(store: RunStore, anomaly_id: int) -> AnomalyView:
     a = store.image(int(anomaly_id))
-    if a.kind != "synthetic" or a.reason is None:
+    if not a.is_anomaly:
         raise UIError(f"image #{anomaly_id} is not an anomaly of this run")
     names = store.class_names
     label, tau = a.label, store.config.tau
@@ -279,15 +275,10 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
                 "status": s.status,
                 "IPC": s.images,
                 "anomalies": s.anomalies,
-                "to review": s.resolved_auto + s.unresolved,
+                "to review": s.to_review,
                 "label mismatch": s.label_mismatch,
                 "low confidence": s.low_confidence,
-                "auto": s.resolved_auto,
-                "accepted": s.accepted,
-                "overridden": s.other_candidate,
-                "kept original": s.kept_original,
-                "dropped": s.dropped,
-                "unresolved": s.unresolved,
+                **s.counts,
                 "conf before": "–" if s.images == 0 else _f(s.confidence_before, 4),
                 "conf after": "–" if s.images == 0 else _f(s.confidence_after, 4),
             }
@@ -297,7 +288,7 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
         "all classes": df.label >= 0,
         "with anomalies": df["anomalies"] > 0,
         "with unresolved": df["unresolved"] > 0,
-        "with overrides": (df["overridden"] + df["kept original"] + df["dropped"]) > 0,
+        "with overrides": df[[c for c in REVIEWED_STATES if c != "accepted"]].sum(axis=1) > 0,
         "not run yet": df.status != "done",
     }[filter_by]
     df = df[keep].sort_values(sort_by, ascending=not descending, kind="stable", na_position="last")
