@@ -7,8 +7,9 @@ and compare with an uninterrupted run, byte for byte (in the spirit of SQLite's 
 A process started with ``CURATOR_CRASH_AFTER_COMMITS=N`` kills itself right after its N-th commit
 (``curator/store.py``). For N = 1, 2, ... until a run finishes unkilled, the killed run is resumed
 (``run --resume``) in this process with one torch thread, as the killed process had, checked
-(``PRAGMA integrity_check`` and ``RunStore.check``) and exported. tests/test_crash.py runs the
-same sweep on a smaller run in ``make test``.
+(``PRAGMA integrity_check`` and ``RunStore.check``) and exported. Then a person's actions
+(``INTERLEAVINGS``: decide, regenerate, undo in several orders) are killed after each of their
+commits (``action_sweep``). tests/test_crash.py runs the same sweeps on a smaller run in ``make test``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,13 +32,16 @@ RUN_ID = "crash-run"
 
 def run_cli(args: list[str], crash_after: int | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m curator ARGS`` as a real process (one torch thread); killed after commit N if given."""
+    return run_python(["-m", "curator", *args], crash_after, timeout)
+
+
+def run_python(args: list[str], crash_after: int | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python ARGS`` as a real process (one torch thread); it kills itself after commit N if given."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("CURATOR_CRASH_AFTER_COMMITS", None)
     if crash_after is not None:
         env["CURATOR_CRASH_AFTER_COMMITS"] = str(crash_after)
-    return subprocess.run(
-        [sys.executable, "-m", "curator", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -114,6 +120,81 @@ def crash_sweep(run_args: list[str], want: dict[str, bytes], work: Path, step: i
         n += step
 
 
+# A person's actions on a finished run, interleaving a regenerate with decisions and undos (issue 20):
+# an undo that returns an anomaly to the pipeline must restore the automatic pick as it stands now.
+INTERLEAVINGS = {
+    "decide, regenerate, undo": ("decide", "regenerate", "undo"),
+    "regenerate, decide, undo": ("regenerate", "decide", "undo"),
+    "decide twice, regenerate, undo twice": ("decide", "decide", "regenerate", "undo", "undo"),
+}
+
+
+def act(run: Path, actions: Sequence[str]) -> None:
+    """Do ``actions`` on the run's first anomaly that has candidates, as a person in the app would:
+    ``decide`` keeps a candidate other than the automatic pick (another one each time),
+    ``regenerate`` adds a round of K candidates and rescores, ``undo`` reverts the last decision."""
+    from curator.engine import open_run
+    from curator.review import user_decide
+
+    engine = open_run(str(run))
+    try:
+        store = engine.store
+        a = next(a for a in store.anomalies() if store.candidates(a.id))
+        for i, action in enumerate(actions):
+            if action == "decide":
+                others = [c.id for c in store.candidates(a.id) if c.id != store.auto_pick(a.id)]
+                user_decide(store, a.id, "candidate", others[i % len(others)])
+            elif action == "regenerate":
+                engine.regenerate(a.id)
+            elif action == "undo":
+                store.undo_last()
+            else:
+                raise ValueError(f"unknown action {action!r}")
+    finally:
+        engine.close()
+
+
+def settle(run: Path) -> None:
+    """Resume the run (``run --resume``: a killed regenerate is rescored), check it, then undo every
+    logged decision: each anomaly must end on the pipeline's decision as its stored pick stands now."""
+    from curator.cli import main as cli_main
+    from curator.store import RunStore
+
+    if cli_main(["run", "--resume", str(run)]) != 0:
+        raise AssertionError(f"{run}: the resume failed")
+    store = RunStore.open(run)
+    try:
+        problems = store.check()
+        while store.undo_last() is not None:
+            problems += store.check()
+        for a in store.anomalies():
+            if store.candidates(a.id) and store.decision(a.id) != store.automatic_decision(a.id):
+                problems.append(f"anomaly {a.id}: {store.decision(a.id)} after undoing every decision, "
+                                f"the stored pick is {store.auto_pick(a.id)}")  # fmt: skip
+    finally:
+        store.close()
+    if problems:
+        raise AssertionError(f"{run}: {problems}")
+
+
+def action_sweep(finished: Path, actions: Sequence[str], work: Path, step: int = 1) -> int:
+    """Copy the finished run ``finished``, do ``actions`` in a process killed after its commit N
+    (N = 1, 1 + step, ... until they finish unkilled) and ``settle`` each copy; the unkilled one too.
+    Returns the number of kills. Call it with one torch thread."""
+    kills, n = 0, 1
+    while True:
+        run = work / f"act-{n}" / RUN_ID
+        shutil.copytree(finished, run)
+        proc = run_python(["-m", "benchmarks.crash", "--act", str(run), *actions], crash_after=n)
+        if proc.returncode not in (0, -signal.SIGKILL):
+            raise AssertionError(f"{actions}, kill after commit {n}: exit {proc.returncode}\n{proc.stderr}")
+        settle(run)
+        if proc.returncode == 0:  # fewer than n commits: every kill point was covered
+            return kills
+        kills += 1
+        n += step
+
+
 def tiny_setup(root: Path, classes: list[str], size: int = 16, per_class: int = 10) -> list[str]:
     """A small ImageFolder and tiny random models under ``root``; returns the run's data/model flags."""
     sys.path.insert(0, str(ROOT / "tests"))
@@ -133,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--step", type=int, default=1, help="kill after every STEP-th commit (default 1: all)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "CRASH.md"))
+    p.add_argument("--act", nargs="+", metavar=("RUN", "ACTION"), help=argparse.SUPPRESS)  # act(): a child process
     args = p.parse_args(argv)
+    if args.act:
+        act(Path(args.act[0]), args.act[1:])
+        return 0
     import torch
 
     torch.set_num_threads(1)
@@ -146,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         want = uninterrupted(run_args, work)
         kills = crash_sweep(run_args, want, work, step=args.step)
         seconds = time.time() - t0
+        t0 = time.time()
+        act_kills = {name: action_sweep(work / "ref" / RUN_ID, actions, work / name.replace(" ", "_"), args.step)
+                     for name, actions in INTERLEAVINGS.items()}  # fmt: skip
+        act_seconds = time.time() - t0
     cmd = "python -m benchmarks.crash " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (
         "# Crash sweep\n\n"
@@ -158,7 +247,15 @@ def main(argv: list[str] | None = None) -> int:
         "- After every kill: `run --resume`, `PRAGMA integrity_check` and `RunStore.check()` clean, the "
         "export **byte-identical** to the uninterrupted run's (every file), and the store the same (every "
         "image's provenance, detector outputs and scores, every decision: `store_digest`).\n"
-        f"- Wall time: {seconds:.0f} s.\n"
+        f"- Wall time: {seconds:.0f} s.\n\n"
+        "## A person's actions, killed after each commit\n\n"
+        "The finished run is copied and a person's actions on its first anomaly are done in a process "
+        "killed after each of its commits (`act`); each copy is then resumed, checked (`RunStore.check`: "
+        "finished classes fully scored, automatic decisions equal to the stored pick) and every decision "
+        "undone: each anomaly must end on the automatic pick as it stands now (`settle`).\n\n"
+        "| actions | kill points |\n|---|---|\n"
+        + "".join(f"| {name} | {n} |\n" for name, n in act_kills.items())
+        + f"\nWall time: {act_seconds:.0f} s.\n"
     )
     Path(args.out).write_text(text)
     print(text)

@@ -19,7 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.crash import RUN_ID, crash_sweep, export_bytes, run_cli, tiny_setup, uninterrupted
+from benchmarks.crash import (
+    INTERLEAVINGS,
+    RUN_ID,
+    action_sweep,
+    crash_sweep,
+    export_bytes,
+    run_cli,
+    tiny_setup,
+    uninterrupted,
+)
 from curator import store as store_module
 from curator.cli import main as cli_main
 from curator.config import RunConfig
@@ -60,6 +69,19 @@ def test_kill_after_every_commit_resumes_to_the_same_export(small, reference, tm
     kills = crash_sweep(["run", *args], reference, tmp_path, step=step)
     print(f"crash sweep: {kills} kill points, step {step}")
     assert kills >= 8  # the run has at least this many commits; fewer means commits were merged away
+
+
+@pytest.mark.parametrize("name", list(INTERLEAVINGS))
+def test_a_persons_actions_killed_after_every_commit_end_on_the_pick_as_it_stands(
+    small, reference, tmp_path, one_thread, name
+):
+    """Decide, regenerate and undo in several orders, killed after each commit: resumed, every copy
+    passes ``RunStore.check`` and, every decision undone, each anomaly is back on the stored pick."""
+    root, _ = small
+    step = int(os.environ.get("CURATOR_CRASH_STEP", "1"))
+    kills = action_sweep(root / "ref" / RUN_ID, INTERLEAVINGS[name], tmp_path, step=step)
+    print(f"{name}: {kills} kill points, step {step}")
+    assert kills >= len(INTERLEAVINGS[name]) // step  # at least one commit per action
 
 
 def test_partly_saved_real_features_are_recomputed_not_used(tmp_path, mnist, tiny_generator, tiny_detector):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from curator.scoring import (
+    GLOBAL_CENTRE,
     LABEL_MISMATCH,
     LOW_CONFIDENCE,
     anomaly_reasons,
@@ -10,6 +11,7 @@ from curator.scoring import (
     select_greedy,
     uniqueness,
 )
+from curator.stages import Candidates, feature_centres, select_class
 
 
 def test_anomaly_rule_at_the_threshold_boundary():
@@ -114,9 +116,16 @@ G = np.concatenate(list(REAL.values())).mean(0)
 A, B = np.array([[20.0, 1.0]]), np.array([[20.0, -1.0]])  # two class-0 images, 2 apart along y
 
 
-def test_class_and_global_centres_hand_computed():
-    np.testing.assert_array_equal(C0, [20.0, 0.0])
-    np.testing.assert_array_equal(G, [10.0, 0.0])
+def test_the_product_computes_the_class_and_global_centres_hand_computed_here():
+    centres = feature_centres({label: (np.arange(len(f)), f) for label, f in REAL.items()})
+    np.testing.assert_array_equal(centres[0], [20.0, 0.0])
+    np.testing.assert_array_equal(centres[1], [0.0, 0.0])
+    np.testing.assert_array_equal(centres[GLOBAL_CENTRE], [10.0, 0.0])
+    # the global centre is the mean over every real image, not the mean of the class means: with a
+    # third image in class 0, (20, 0), it is (60 / 5, 0) = (12, 0), where the class means give (10, 0)
+    uneven = {0: np.array([[20.0, 2.0], [20.0, -2.0], [20.0, 0.0]]), 1: REAL[1]}
+    centres = feature_centres({label: (np.arange(len(f)), f) for label, f in uneven.items()})
+    np.testing.assert_allclose(centres[GLOBAL_CENTRE], [12.0, 0.0])
 
 
 def test_global_centre_leaves_two_images_of_one_class_at_uniqueness_near_zero():
@@ -150,10 +159,12 @@ def test_class_centre_lets_lambda_prefer_the_different_candidate_over_a_duplicat
     assert glob.pick == 0 and cls.pick == 1
 
 
-def test_each_row_is_centred_on_its_own_class():
-    # Rows of two classes centred row by row (what Pipeline.normalized does with the class centre):
-    # (20, 1) - c0 = (0, 1) -> (0, 1); (0, -3) - c1 = (0, -3) -> (0, -1).
-    labels = np.array([0, 1])
-    centres = np.stack([REAL[c].mean(0) for c in labels])
-    f = normalize_features(np.array([[20.0, 1.0], [0.0, -3.0]]) - centres)
-    np.testing.assert_allclose(f, [[0.0, 1.0], [0.0, -1.0]], atol=1e-6)
+def test_selection_centres_on_the_centre_it_is_given():
+    """``stages.select_class``, the product's selection, centres the pool and the candidates on the
+    run's centre before uniqueness: the numbers of the two tests above come out of it."""
+    cands = Candidates(np.array([0.99, 0.97]), np.array([0, 0]), np.concatenate([A, B]))
+    on_global = select_class(0, A, [cands], G, lam=0.5, tau=0.0)[0]
+    on_class = select_class(0, A, [cands], C0, lam=0.5, tau=0.0)[0]
+    np.testing.assert_allclose(on_global.uniqueness, [0.0, 2 / 101], atol=1e-6)
+    np.testing.assert_allclose(on_class.uniqueness, [0.0, 1.0], atol=1e-6)
+    assert on_global.pick == 0 and on_class.pick == 1
