@@ -16,7 +16,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from curator.config import RunConfig
+from curator.config import DetectorTraining, GeneratorTraining, RunConfig
 
 DEFAULTS = RunConfig()
 
@@ -73,15 +73,25 @@ def _report_skipped(data) -> None:
             print(f"  ... and {len(data.skipped) - 20} more", file=sys.stderr)
 
 
-def _check_training_args(args: argparse.Namespace, *counts: str) -> None:
-    """ConfigError naming the first training option out of range (counts >= 1, lr > 0)."""
-    from curator.config import ConfigError
+def _add_training_args(p: argparse.ArgumentParser, config: type) -> None:
+    """The command-line options of a training command, generated from its config dataclass
+    (``curator.config.GeneratorTraining`` / ``DetectorTraining``): the fields that have a help text,
+    with the dataclass's defaults."""
+    for f in fields(config):
+        if "help" not in f.metadata:
+            continue
+        flags = f.metadata.get("flags", (f"--{f.name.replace('_', '-')}",))
+        if isinstance(f.default, bool):
+            p.add_argument(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
+        else:
+            kind = str if f.default is None else type(f.default)
+            p.add_argument(*flags, dest=f.name, type=kind, default=f.default,
+                           help=f"{f.metadata['help']} (default {f.default})")  # fmt: skip
 
-    for name in counts:
-        if getattr(args, name) < 1:
-            raise ConfigError(f"parameter {name} must be at least 1, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise ConfigError(f"parameter lr must be > 0, got {args.lr}")
+
+def _training_config(args: argparse.Namespace, config: type):
+    """The training command's config from its options, range-checked (ConfigError names the option)."""
+    return config(**{f.name: getattr(args, f.name) for f in fields(config) if "help" in f.metadata}).validate()
 
 
 def _given_params(args: argparse.Namespace) -> dict:
@@ -328,13 +338,11 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     from curator.data import load_dataset
     from curator.training import pick_device, train_generator
 
-    _check_training_args(args, "steps", "batch_size")
-    pick_device(args.device)  # a bad --device fails before the data is read
+    config = _training_config(args, GeneratorTraining)
+    pick_device(config.device)  # a bad --device fails before the data is read
     data = load_dataset(args.data, size=args.size, channels=args.channels)
     _report_skipped(data)
-    gen = train_generator(
-        data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device
-    )
+    gen = train_generator(data, args.out, config)
     print(f"generator saved to {args.out} ({gen.num_classes} classes, {gen.resolution}px)")
     return 0
 
@@ -344,23 +352,12 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     from curator.models.detector import default_input_size
     from curator.training import pick_device, train_detector
 
-    _check_training_args(args, "epochs", "batch_size")
-    pick_device(args.device)  # a bad --device fails before the data is read
-    size = args.size or (default_input_size(args.arch) if args.pretrained else None)  # pretrained: timm's size
+    config = _training_config(args, DetectorTraining)
+    pick_device(config.device)  # a bad --device fails before the data is read
+    size = args.size or (default_input_size(config.arch) if config.pretrained else None)  # pretrained: timm's size
     data = load_dataset(args.data, size=size, channels=args.channels)
     _report_skipped(data)
-    det = train_detector(
-        data,
-        args.out,
-        arch=args.arch,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        pretrained=args.pretrained,
-        pretrained_file=args.pretrained_file,
-    )
+    det = train_detector(data, args.out, config)
     print(f"detector saved to {args.out}: test accuracy {det.info['test_accuracy']:.4f}")
     return 0
 
@@ -433,33 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="also augment with mirror flips (not for digits)")
     p.set_defaults(func=cmd_evaluate)
 
-    for name, func in (("train-generator", cmd_train_generator), ("train-detector", cmd_train_detector)):
+    for name, func, config in (("train-generator", cmd_train_generator, GeneratorTraining),
+                               ("train-detector", cmd_train_detector, DetectorTraining)):  # fmt: skip
         p = sub.add_parser(name, help=f"{name.replace('-', ' ')} on a dataset (resumes from OUT/train_state.pt)")
         p.add_argument("--data", default="mnist5k", help="'mnist5k' or an ImageFolder path")
         p.add_argument("--out", required=True, help="model folder")
         p.add_argument("--size", type=int, default=None, help="image size in pixels (default: native, 32 for folders)")
         p.add_argument("--channels", type=int, default=None, choices=(1, 3), help="1 or 3 (default: from the data)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        _add_training_args(p, config)
         p.set_defaults(func=func)
-        if name == "train-generator":
-            p.add_argument("--steps", type=int, default=20000, help="optimiser steps in total")
-            p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
-            p.add_argument("--lr", type=float, default=1e-3)
-        else:
-            p.add_argument("--model", "--arch", dest="arch", default="resnet10t", help="timm model name, e.g. resnet18")
-            p.add_argument("--epochs", type=int, default=30)
-            p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
-            p.add_argument("--lr", type=float, default=2e-3)
-            p.add_argument(
-                "--pretrained",
-                action="store_true",
-                help="fine-tune from pretrained timm weights (--pretrained-file, else the Hugging Face cache); "
-                "without --size, images are read at the model's pretrained input size",
-            )
-            p.add_argument(
-                "--pretrained-file", default=None, help="local weights file (.safetensors/.pth) for --pretrained"
-            )
     return parser
 
 

@@ -7,8 +7,10 @@ shipped models, is in benchmarks/DEFAULTS.md (``python -m benchmarks.choose_defa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_GENERATOR = str(ASSETS / "generator")
@@ -25,6 +27,32 @@ def _formats(template: str) -> bool:
     except (KeyError, IndexError, ValueError, AttributeError):
         return False
     return True
+
+
+# The valid range of each checked run parameter: (test, the rule in words). ``RunConfig.validate``
+# applies them; the app's form shows the words (``rule``), so a range is written once.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "ipc": (lambda v: v >= 1, "at least 1"),
+    "k": (lambda v: v >= 1, "at least 1"),
+    "tau": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "lam": (lambda v: v >= 0, "0 or more"),
+    "steps": (lambda v: v >= 1, "at least 1"),
+    "strength": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "guidance": (lambda v: v >= 0, "0 or more"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "rounds": (lambda v: v >= 1, "at least 1"),
+    "test_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "real_sample": (lambda v: v >= 1, "at least 1"),
+    "uniqueness_centre": (lambda v: v in ("class", "global"), "class or global"),
+    "device": (lambda v: v in ("auto", "cpu") or v.startswith("cuda"), "auto, cpu or cuda"),
+    "dtype": (lambda v: v in ("auto", "float32", "float16", "bfloat16"), "auto, float32, float16 or bfloat16"),
+    "prompt_template": (lambda v: _formats(v), "a text whose only field is {name}"),
+}
+
+
+def rule(name: str) -> str:
+    """The valid range of run parameter ``name`` in words (e.g. "in [0, 1]"), as errors say it."""
+    return RULES[name][1]
 
 
 @dataclass
@@ -59,25 +87,8 @@ class RunConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
-        checks = [
-            ("ipc", self.ipc >= 1, "at least 1"),
-            ("k", self.k >= 1, "at least 1"),
-            ("tau", 0.0 <= self.tau <= 1.0, "in [0, 1]"),
-            ("lam", self.lam >= 0, "0 or more"),
-            ("steps", self.steps >= 1, "at least 1"),
-            ("strength", 0 < self.strength <= 1, "in (0, 1]"),
-            ("guidance", self.guidance >= 0, "0 or more"),
-            ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("rounds", self.rounds >= 1, "at least 1"),
-            ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
-            ("real_sample", self.real_sample >= 1, "at least 1"),
-            ("uniqueness_centre", self.uniqueness_centre in ("class", "global"), "class or global"),
-            ("device", self.device in ("auto", "cpu") or self.device.startswith("cuda"), "auto, cpu or cuda"),
-            ("dtype", self.dtype in ("auto", "float32", "float16", "bfloat16"), "auto, float32, float16 or bfloat16"),
-            ("prompt_template", _formats(self.prompt_template), "a text whose only field is {name}"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
+        for name, (ok, rule) in RULES.items():
+            if not ok(getattr(self, name)):
                 raise ConfigError(f"parameter {name} must be {rule}, got {getattr(self, name)!r}")
         return self
 
@@ -96,3 +107,63 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
+
+
+# --- training commands: one dataclass each; ``python -m curator train-*`` is generated from it ------
+# Fields with a "help" in their metadata are command-line options (``--batch-size`` for
+# ``batch_size``; "flags" names them otherwise); the rest are for library callers only.
+def _opt(default, help: str, **more) -> Any:
+    return field(default=default, metadata={"help": help, **more})
+
+
+@dataclass
+class _Training:
+    """What both training commands share, and their range check."""
+
+    def validate(self) -> _Training:
+        counts = [f.name for f in fields(self) if f.metadata.get("count")]
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"parameter {name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"parameter lr must be > 0, got {self.lr}")
+        return self
+
+
+@dataclass
+class GeneratorTraining(_Training):
+    """``train-generator`` and ``training.train_generator``: DDPM training of the pixel generator."""
+
+    steps: int = _opt(20000, "optimiser steps in total", count=True)
+    batch_size: int = _opt(64, "images per optimiser step", count=True)
+    lr: float = _opt(1e-3, "AdamW learning rate")
+    seed: int = _opt(0, "random seed")
+    device: str = _opt("auto", "auto | cpu | cuda")
+    label_dropout: float = 0.1  # share of steps with the "no label" class (classifier-free guidance)
+    ema_decay: float = 0.9995
+    min_snr_gamma: float = 5.0
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    checkpoint_every: int = 250  # steps
+    checkpoint_minutes: float = 5.0
+
+
+@dataclass
+class DetectorTraining(_Training):
+    """``train-detector`` and ``training.train_detector``: a timm classifier (the shipped detector:
+    these defaults, assets/detector/README.md)."""
+
+    arch: str = _opt("resnet10t", "timm model name, e.g. resnet18", flags=("--model", "--arch"))
+    epochs: int = _opt(30, "training epochs", count=True)
+    batch_size: int = _opt(64, "images per optimiser step", count=True)
+    lr: float = _opt(2e-3, "peak AdamW learning rate (one-cycle schedule)")
+    seed: int = _opt(0, "random seed")
+    device: str = _opt("auto", "auto | cpu | cuda")
+    pretrained: bool = _opt(
+        False,
+        "fine-tune from pretrained timm weights (--pretrained-file, else the Hugging Face cache); "
+        "without --size, images are read at the model's pretrained input size",
+    )
+    pretrained_file: str | None = _opt(None, "local weights file (.safetensors/.pth) for --pretrained")
+    input_size: int | None = None  # pixels; None = the data's size
+    model_kwargs: dict | None = None  # extra timm.create_model arguments

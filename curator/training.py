@@ -11,12 +11,13 @@ import json
 import os
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from curator.config import ConfigError
+from curator.config import ConfigError, DetectorTraining, GeneratorTraining
 from curator.data import Dataset
 from curator.errors import DataError, ModelFileError
 from curator.models.generator import PixelDiffusion, build_scheduler, build_unet
@@ -75,26 +76,21 @@ def _set_rng_state(state: dict) -> None:
 def train_generator(
     data: Dataset,
     out: str | os.PathLike,
+    config: GeneratorTraining | None = None,
     *,
-    steps: int = 20000,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: str = "auto",
-    label_dropout: float = 0.1,
-    ema_decay: float = 0.9995,
-    min_snr_gamma: float = 5.0,
-    block_out_channels: tuple[int, ...] = (32, 64, 64),
-    layers_per_block: int = 1,
-    checkpoint_every: int = 250,
-    checkpoint_minutes: float = 5.0,
     progress: bool = True,
+    **overrides,
 ) -> PixelDiffusion:
     """DDPM training (v-prediction, min-SNR-gamma loss weighting) of a class-conditional UNet.
 
     Min-SNR weighting (Hang et al. 2023) and v-prediction are chosen because they converge in far
     fewer steps than plain epsilon-MSE, which matters on a CPU. The EMA weights are exported.
+    ``config`` (default ``GeneratorTraining()``, the CLI's defaults too) with ``overrides`` applied.
     """
+    cfg = replace(config or GeneratorTraining(), **overrides).validate()
+    steps, batch_size, lr, seed, device = cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.device
+    label_dropout, ema_decay, min_snr_gamma = cfg.label_dropout, cfg.ema_decay, cfg.min_snr_gamma
+    checkpoint_every, checkpoint_minutes = cfg.checkpoint_every, cfg.checkpoint_minutes
     from diffusers.training_utils import EMAModel
 
     dev = pick_device(device)  # before anything is written: a bad device leaves no folder behind
@@ -109,7 +105,7 @@ def train_generator(
 
         images = resize_images(images, resolution, data.channels)
     images = images * 2 - 1
-    unet = build_unet(data.num_classes, resolution, data.channels, block_out_channels, layers_per_block).to(dev)
+    unet = build_unet(data.num_classes, resolution, data.channels, cfg.block_out_channels, cfg.layers_per_block).to(dev)
     scheduler = build_scheduler()
     ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=3 / 4)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -148,7 +144,7 @@ def train_generator(
             },
             state_path,
         )
-        export = build_unet(data.num_classes, resolution, data.channels, block_out_channels, layers_per_block)
+        export = build_unet(data.num_classes, resolution, data.channels, cfg.block_out_channels, cfg.layers_per_block)
         ema.copy_to(export.parameters())
         PixelDiffusion(export, dict(scheduler.config), data.class_names).save_pretrained(out)
         (out / "training.json").write_text(
@@ -216,24 +212,22 @@ def _augment(x: torch.Tensor, max_shift: float = 0.1, max_degrees: float = 10.0)
 def train_detector(
     data: Dataset,
     out: str | os.PathLike,
+    config: DetectorTraining | None = None,
     *,
-    arch: str = "resnet10t",
-    epochs: int = 15,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    seed: int = 0,
-    device: str = "auto",
-    input_size: int | None = None,
-    pretrained: bool = False,
-    pretrained_file: str | None = None,
-    model_kwargs: dict | None = None,
     progress: bool = True,
+    **overrides,
 ):
     """Train a timm classifier with AdamW, a one-cycle schedule and shift/rotation augmentation.
 
     Checkpoints after every epoch (``train_state.pt``) and resumes from it. Returns the
-    ``Detector``, saved to ``out`` with its test accuracy in ``config.json``.
+    ``Detector``, saved to ``out`` with its test accuracy in ``config.json``. ``config`` (default
+    ``DetectorTraining()``, the CLI's defaults too) with ``overrides`` applied.
     """
+    cfg = replace(config or DetectorTraining(), **overrides).validate()
+    arch, epochs, batch_size, lr, seed, device = cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed, cfg.device
+    input_size, pretrained, pretrained_file, model_kwargs = (
+        cfg.input_size, cfg.pretrained, cfg.pretrained_file, cfg.model_kwargs
+    )  # fmt: skip
     from curator.models.detector import Detector
 
     dev = pick_device(device)  # device and model are checked before anything is written

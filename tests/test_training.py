@@ -1,10 +1,15 @@
 """Training loops: they checkpoint and resume instead of starting over."""
 
+import inspect
 import json
+from dataclasses import fields
 
+import pytest
 import torch
 from conftest import write_image_folder
 
+from curator.cli import _training_config, build_parser
+from curator.config import DetectorTraining, GeneratorTraining
 from curator.data import load_image_folder
 from curator.models.detector import Detector
 from curator.models.generator import PixelDiffusion
@@ -38,3 +43,18 @@ def test_detector_training_checkpoints_each_epoch_and_resumes(tmp_path):
     assert again.class_names == ["a", "b"] and again.info["epochs"] == 2
     x = data.test.images
     torch.testing.assert_close(torch.from_numpy(again.inspect(x).probs), torch.from_numpy(det.inspect(x).probs))
+
+
+@pytest.mark.parametrize(
+    ("command", "config"), [("train-generator", GeneratorTraining), ("train-detector", DetectorTraining)]
+)
+def test_the_cli_and_the_library_train_with_the_same_defaults(command, config):
+    """One config dataclass per training command: its defaults are the CLI's and the library's."""
+    args = build_parser().parse_args([command, "--out", "model"])
+    assert _training_config(args, config) == config()
+    library = train_generator if config is GeneratorTraining else train_detector
+    assert inspect.signature(library).parameters["config"].default is None  # None = config()
+    assert [f.name for f in fields(config) if "help" in f.metadata] == [  # every option is the dataclass's
+        name for name in vars(args) if name not in ("command", "func", "data", "out", "size", "channels")
+    ]
+    assert DetectorTraining().epochs == 30  # the shipped detector's (assets/detector/README.md)

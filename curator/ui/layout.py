@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from curator.config import RunConfig
+from curator.config import RunConfig, rule
 from curator.export import COLUMNS as EXPORT_COLUMNS
 from curator.ui import resources, serving, visitors
 from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, PANEL_SIZE, RUN_SIZE, Callbacks
@@ -183,18 +183,18 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         )
                 with gr.Row():
                     # plain numbers, checked on Start: an out-of-range value is refused with its range
-                    ipc = gr.Number(d.ipc, label="IPC (images per class)", precision=0, info="at least 1")
-                    k = gr.Number(d.k, label="K (candidates per anomaly)", precision=0, info="at least 1")
-                    tau = gr.Number(d.tau, label="tau (confidence threshold)", info="in [0, 1]")
-                    lam = gr.Number(d.lam, label="lambda (uniqueness weight)", info="0 or more")
+                    ipc = gr.Number(d.ipc, label="IPC (images per class)", precision=0, info=rule("ipc"))
+                    k = gr.Number(d.k, label="K (candidates per anomaly)", precision=0, info=rule("k"))
+                    tau = gr.Number(d.tau, label="tau (confidence threshold)", info=rule("tau"))
+                    lam = gr.Number(d.lam, label="lambda (uniqueness weight)", info=rule("lam"))
                     centre = gr.Radio(
                         CENTRES, value=d.uniqueness_centre, label="uniqueness centre",
                         info="features centred on the class's own mean real feature, or on all classes' mean",
                     )  # fmt: skip
                 with gr.Row():
-                    steps = gr.Number(d.steps, label="DDIM steps", precision=0, info="at least 1")
-                    strength = gr.Number(d.strength, label="strength (SDEdit noise)", info="in (0, 1]")
-                    guidance = gr.Number(d.guidance, label="guidance scale", info="0 or more")
+                    steps = gr.Number(d.steps, label="DDIM steps", precision=0, info=rule("steps"))
+                    strength = gr.Number(d.strength, label="strength (SDEdit noise)", info=rule("strength"))
+                    guidance = gr.Number(d.guidance, label="guidance scale", info=rule("guidance"))
                     seed = gr.Number(d.seed, label="seed", precision=0)
                 with gr.Row(equal_height=True):
                     start_btn = gr.Button("Start a new run", variant="primary", elem_id="start-btn", scale=1)
