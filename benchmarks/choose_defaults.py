@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from curator import stages
 from curator.config import RunConfig
 from curator.engine import LocalEngine
-from curator.scoring import select_greedy
+from curator.scoring import anomaly_reason
 
 HERE = Path(__file__).resolve().parent
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -40,19 +41,14 @@ def replay(pipe: LocalEngine, tau: float, lam: float) -> dict[int, list]:
     store, out = pipe.store, {}
     for label in pipe.labels():
         synth = store.synthetic(label)
-        flagged = [r for r in synth if r.predicted != label or r.confidence < tau]
+        flagged = [r for r in synth if anomaly_reason(r.confidence, r.predicted, label, tau) is not None]
         flagged_ids = {r.id for r in flagged}
         passed = [r for r in synth if r.id not in flagged_ids]
-        cands = [store.candidates(a.id) for a in flagged]
-        sels = select_greedy(
-            [label] * len(flagged),
-            [[c.confidence for c in cs] for cs in cands],
-            [[c.predicted for c in cs] for cs in cands],
-            [pipe.normalized(cs) for cs in cands],
-            {label: pipe.normalized(passed)},
-            lam,
-            tau=tau,
-        )
+        cands = [cs for cs in (store.candidates(a.id) for a in flagged) if cs]  # as the engine: with candidates
+        sels = stages.select_class(
+            label, stages.stacked_features(passed), [stages.Candidates.of(cs) for cs in cands],
+            pipe.feature_center(label), lam, tau,
+        )  # fmt: skip
         out[label] = passed + [cs[s.pick] for cs, s in zip(cands, sels) if s.pick is not None]
     return out
 
@@ -70,7 +66,7 @@ def measure(pipe: LocalEngine, judge, tau: float, lam: float, judge_cache: dict)
         1
         for label in pipe.labels()
         for r in pipe.store.synthetic(label)
-        if r.predicted != label or r.confidence < tau
+        if anomaly_reason(r.confidence, r.predicted, label, tau) is not None
     )
     cos = []
     for rs in final.values():

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from curator import stages
 from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.data import Dataset, ImageSet, load_dataset
 from curator.engine import LocalEngine
@@ -52,7 +53,6 @@ from curator.models.detector import Detector
 from curator.models.loading import load_generator
 from curator.prototypes import nearest_to_prototypes
 from curator.review import final_set, summarize
-from curator.scoring import select_greedy
 from curator.store import RunStore
 from curator.training import pick_device
 
@@ -103,7 +103,7 @@ def reselect(pipe: LocalEngine, label: int, lam: float, centre: str | None = Non
 
 @contextmanager
 def centred_on(pipe: LocalEngine, centre: str | None):
-    """Within the block, ``pipe.normalized`` centres on ``centre`` ("class" or "global"; None: the
+    """Within the block, ``pipe.feature_center`` is the centre of ``centre`` ("class" or "global"; None: the
     run's own setting). Only the in-memory config changes; the run store is untouched."""
     saved = pipe.config
     if centre is not None:
@@ -118,19 +118,14 @@ def reselect_detail(pipe: LocalEngine, label: int, lam: float, centre: str | Non
     """``reselect``'s parts: (passed originals, anomalies with candidates, their candidates, the
     ``Selection`` of each anomaly: pick and every candidate's scores)."""
     store = pipe.store
-    passed = [r for r in store.synthetic(label) if r.reason is None]
+    passed = [r for r in store.synthetic(label) if not r.is_anomaly]
     anomalies = [a for a in store.anomalies(label) if store.candidates(a.id)]
     cands = [store.candidates(a.id) for a in anomalies]
-    with centred_on(pipe, centre):
-        sels = select_greedy(
-            [label] * len(anomalies),
-            [np.array([r.confidence for r in c]) for c in cands],
-            [np.array([r.predicted for r in c]) for c in cands],
-            [pipe.normalized(c) for c in cands],
-            {label: pipe.normalized(passed)},
-            lam,
-            tau=pipe.config.tau,
-        )
+    with centred_on(pipe, centre):  # the product's own selection and centring (stages.select_class)
+        sels = stages.select_class(
+            label, stages.stacked_features(passed), [stages.Candidates.of(c) for c in cands],
+            pipe.feature_center(label), lam, pipe.config.tau,
+        )  # fmt: skip
     return passed, anomalies, cands, sels
 
 

@@ -294,9 +294,14 @@ class Candidates:
         return cls(
             np.array([r.confidence for r in records]),
             np.array([r.predicted for r in records]),
-            np.stack([r.feature for r in records]),
+            stacked_features(records),
             kept,
         )
+
+
+def stacked_features(records: Sequence) -> np.ndarray:
+    """The raw features [M, D] of stored records (anything with ``feature``); [0, 1] for none."""
+    return np.stack([r.feature for r in records]) if len(records) else np.zeros((0, 1), np.float32)
 
 
 def select_class(
@@ -304,8 +309,9 @@ def select_class(
 ):
     """Greedy selection over one class's anomalies, in order (``scoring.select_greedy``).
 
-    ``passed`` [M, D] are the raw features of the class's images that passed inspection; features
-    are centred on ``centre`` and L2-normalised before uniqueness is measured.
+    ``passed`` [M, D] are the raw features of the class's images that passed inspection
+    (``stacked_features``); features are centred on ``centre`` and L2-normalised before uniqueness
+    is measured. Engines, benchmarks and tests all select through here.
     """
 
     def norm(f: np.ndarray) -> np.ndarray:

@@ -3,24 +3,24 @@
 import numpy as np
 import pytest
 
+from curator import stages
 from curator.config import RunConfig
 from curator.engine import LocalEngine
 from curator.quality import label_consistency
-from curator.scoring import select_greedy
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, mnist, shipped_generator, shipped_detector):
     """The default run (all classes, IPC 10, K 20, default parameters) on the shipped models."""
-    pipe = LocalEngine.create(
+    engine = LocalEngine.create(
         RunConfig(),
         str(tmp_path_factory.mktemp("runs")),
         data=mnist,
         generator=shipped_generator,
         detector=shipped_detector,
     )
-    pipe.run()
-    return pipe
+    engine.run()
+    return engine
 
 
 def test_shipped_detector_is_at_least_97_percent_accurate(mnist, shipped_detector):
@@ -54,23 +54,20 @@ def test_every_anomaly_is_resolved_or_honestly_unresolved(default_run):
 
 def test_lambda_zero_and_one_pick_differently_on_the_default_run(default_run):
     """Candidates do not depend on lambda, so both selections rescore the same stored candidates."""
-    store, pipe = default_run.store, default_run
+    store, engine = default_run.store, default_run
     differ = 0
     for label in range(10):
-        anomalies = store.anomalies(label)
+        anomalies = [a for a in store.anomalies(label) if store.candidates(a.id)]
         if not anomalies:
             continue
-        cands = [store.candidates(a.id) for a in anomalies]
-        pool = {label: pipe.normalized([r for r in store.synthetic(label) if r.reason is None])}
         args = (
-            [label] * len(anomalies),
-            [[c.confidence for c in cs] for cs in cands],
-            [[c.predicted for c in cs] for cs in cands],
-            [pipe.normalized(cs) for cs in cands],
-            pool,
+            label,
+            stages.stacked_features([r for r in store.synthetic(label) if not r.is_anomaly]),
+            [stages.Candidates.of(store.candidates(a.id)) for a in anomalies],
+            engine.feature_center(label),
         )
-        picks0 = [s.pick for s in select_greedy(*args, lam=0.0, tau=pipe.config.tau)]
-        picks1 = [s.pick for s in select_greedy(*args, lam=1.0, tau=pipe.config.tau)]
+        picks0 = [s.pick for s in stages.select_class(*args, lam=0.0, tau=engine.config.tau)]
+        picks1 = [s.pick for s in stages.select_class(*args, lam=1.0, tau=engine.config.tau)]
         differ += sum(p0 != p1 for p0, p1 in zip(picks0, picks1))
     assert len(store.anomalies()) > 0
     assert differ > 0, "lambda had no effect on any pick: uniqueness is not discriminative"

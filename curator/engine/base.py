@@ -277,7 +277,7 @@ class Engine:
         centre = self.feature_center(label)  # before the transaction: it may compute and store the centres
         with self.store.transaction():
             decisions = self.store.decisions()
-            passed = [r.feature for r in self.store.synthetic(label) if not r.is_anomaly]
+            passed = stages.stacked_features([r for r in self.store.synthetic(label) if not r.is_anomaly])
             anomalies, inputs = [], []
             for a in self.store.anomalies(label):
                 cands = self.store.candidates(a.id)
@@ -293,8 +293,7 @@ class Engine:
                 anomalies.append((a, cands, kept))
                 inputs.append(stages.Candidates.of(cands, kept))
             selections = stages.select_class(
-                label, np.stack(passed) if passed else np.zeros((0, 1), np.float32), inputs, centre,
-                self.config.lam, self.config.tau,
+                label, passed, inputs, centre, self.config.lam, self.config.tau,
             )  # fmt: skip
             self.store.set_scores(
                 [(c.id, u, s) for (_, cands, _), sel in zip(anomalies, selections)
