@@ -36,10 +36,10 @@ LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 UNIQUENESS_SECTION = "## uniqueness centre"  # written from benchmarks/UNIQUENESS.md; kept on rewrite
 
 
-def replay(pipe: LocalEngine, tau: float, lam: float) -> dict[int, list]:
+def replay(engine: LocalEngine, tau: float, lam: float) -> dict[int, list]:
     """The curated rows per class had the run used ``tau`` and ``lam`` (no user decisions)."""
-    store, out = pipe.store, {}
-    for label in pipe.labels():
+    store, out = engine.store, {}
+    for label in engine.labels():
         synth = store.synthetic(label)
         flagged = [r for r in synth if anomaly_reason(r.confidence, r.predicted, label, tau) is not None]
         flagged_ids = {r.id for r in flagged}
@@ -47,34 +47,34 @@ def replay(pipe: LocalEngine, tau: float, lam: float) -> dict[int, list]:
         cands = [cs for cs in (store.candidates(a.id) for a in flagged) if cs]  # as the engine: with candidates
         sels = stages.select_class(
             label, stages.stacked_features(passed), [stages.Candidates.of(cs) for cs in cands],
-            pipe.feature_center(label), lam, tau,
+            engine.feature_center(label), lam, tau,
         )  # fmt: skip
         out[label] = passed + [cs[s.pick] for cs, s in zip(cands, sels) if s.pick is not None]
     return out
 
 
-def measure(pipe: LocalEngine, judge, tau: float, lam: float, judge_cache: dict) -> dict:
+def measure(engine: LocalEngine, judge, tau: float, lam: float, judge_cache: dict) -> dict:
     from benchmarks.classifier import predict
 
-    final = replay(pipe, tau, lam)
+    final = replay(engine, tau, lam)
     rows = [r for label in final for r in final[label]]
     missing = [r for r in rows if r.id not in judge_cache]
     if missing:
-        preds = predict(judge, torch.stack([pipe.store.load_image(r) for r in missing]))
+        preds = predict(judge, torch.stack([engine.store.load_image(r) for r in missing]))
         judge_cache.update({r.id: int(p) for r, p in zip(missing, preds)})
     flagged = sum(
         1
-        for label in pipe.labels()
-        for r in pipe.store.synthetic(label)
+        for label in engine.labels()
+        for r in engine.store.synthetic(label)
         if anomaly_reason(r.confidence, r.predicted, label, tau) is not None
     )
     cos = []
     for rs in final.values():
-        f = pipe.normalized(rs)
+        f = engine.normalized(rs)
         if len(f) > 1:
             sim = f @ f.T
             cos.append(sim[np.triu_indices(len(f), 1)].mean())
-    n_images = sum(len(pipe.store.synthetic(label)) for label in pipe.labels())
+    n_images = sum(len(engine.store.synthetic(label)) for label in engine.labels())
     return {
         "tau": tau,
         "lambda": lam,
@@ -86,12 +86,12 @@ def measure(pipe: LocalEngine, judge, tau: float, lam: float, judge_cache: dict)
     }
 
 
-def guidance_sweep(pipe: LocalEngine, judge, guidances: tuple[float, ...]) -> list[dict]:
+def guidance_sweep(engine: LocalEngine, judge, guidances: tuple[float, ...]) -> list[dict]:
     """Synthesis from the run's prototypes and seeds at each guidance scale, before any refinement."""
     from benchmarks.classifier import predict
 
-    cfg, store, labels, init, seeds = pipe.config, pipe.store, [], [], []
-    for label in pipe.labels():
+    cfg, store, labels, init, seeds = engine.config, engine.store, [], [], []
+    for label in engine.labels():
         for r in store.synthetic(label):
             labels.append(label)
             init.append(store.prototype_latent(r.prototype_id))
@@ -99,10 +99,10 @@ def guidance_sweep(pipe: LocalEngine, judge, guidances: tuple[float, ...]) -> li
     init_t, y = torch.stack(init), np.asarray(labels)
     out = []
     for g in guidances:
-        images = pipe.generator.generate(
+        images = engine.generator.generate(
             init_t, labels, seeds, strength=cfg.strength, guidance=g, steps=cfg.steps, batch_size=cfg.batch_size
         )
-        insp = pipe.detector.inspect(images)
+        insp = engine.detector.inspect(images)
         conf = insp.probs[np.arange(len(y)), y]
         out.append(
             {
@@ -111,17 +111,17 @@ def guidance_sweep(pipe: LocalEngine, judge, guidances: tuple[float, ...]) -> li
                 "mismatch": int((insp.predicted != y).sum()),
                 "below_0.99": int((conf < 0.99).sum()),
                 "judge_consistency": float((predict(judge, images) == y).mean()),
-                "mean_pairwise_cosine": within_class_cosine(pipe, insp.features, y),
+                "mean_pairwise_cosine": within_class_cosine(engine, insp.features, y),
             }
         )
     return out
 
 
-def within_class_cosine(pipe: LocalEngine, features: np.ndarray, labels: np.ndarray) -> float:
+def within_class_cosine(engine: LocalEngine, features: np.ndarray, labels: np.ndarray) -> float:
     """Mean pairwise cosine of centred detector features within each class (lower = more diverse)."""
     from curator.scoring import normalize_features
 
-    f, sims = normalize_features(features, pipe.feature_center()), []
+    f, sims = normalize_features(features, engine.feature_center()), []
     for c in np.unique(labels):
         g = f[labels == c]
         if len(g) > 1:
@@ -151,33 +151,33 @@ def main(argv: list[str] | None = None) -> int:
     if existing:
         from curator.store import RunStore
 
-        pipe = LocalEngine(RunStore.open(existing[0].parent))
+        engine = LocalEngine(RunStore.open(existing[0].parent))
     else:
-        pipe = LocalEngine.create(config, str(run_dir))
-    pipe.run()
+        engine = LocalEngine.create(config, str(run_dir))
+    engine.run()
     judge, judge_meta = load_or_train(
-        pipe.data, work / f"independent-mnist5k-{'quick' if args.quick else 'full'}.pt", **judge_kw
+        engine.data, work / f"independent-mnist5k-{'quick' if args.quick else 'full'}.pt", **judge_kw
     )
     cache: dict = {}
     # guidance: synthesis only; compared with random real images of the same count per class
     rng = np.random.default_rng(0)
     real_idx = np.concatenate(
-        [rng.choice(np.flatnonzero(pipe.data.train.labels == c), config.ipc, replace=False) for c in pipe.labels()]
+        [rng.choice(np.flatnonzero(engine.data.train.labels == c), config.ipc, replace=False) for c in engine.labels()]
     )
     real_cos = within_class_cosine(
-        pipe, pipe.detector.inspect(pipe.data.train.images[real_idx]).features, pipe.data.train.labels[real_idx]
+        engine, engine.detector.inspect(engine.data.train.images[real_idx]).features, engine.data.train.labels[real_idx]
     )
-    sweep = guidance_sweep(pipe, judge, (1.0, 2.0) if args.quick else (1.0, 1.5, 2.0, 3.0))
+    sweep = guidance_sweep(engine, judge, (1.0, 2.0) if args.quick else (1.0, 1.5, 2.0, 3.0))
     usable = [r for r in sweep if r["mismatch"] <= 0.1 * r["images"]] or sweep
     chosen_guidance = min(usable, key=lambda r: abs(r["mean_pairwise_cosine"] - real_cos))["guidance"]
     # tau: calibrated on real held-out images the detector gets right
-    test = pipe.detector.inspect(pipe.data.test.images)
-    right = test.predicted == pipe.data.test.labels
-    real_conf = test.probs[np.arange(len(right)), pipe.data.test.labels][right]
+    test = engine.detector.inspect(engine.data.test.images)
+    right = test.predicted == engine.data.test.labels
+    real_conf = test.probs[np.arange(len(right)), engine.data.test.labels][right]
     tau_real = float(np.quantile(real_conf, 0.05))
-    results = [measure(pipe, judge, tau, 0.5, cache) for tau in TAUS]
+    results = [measure(engine, judge, tau, 0.5, cache) for tau in TAUS]
     chosen_tau = min(TAUS, key=lambda t: abs(t - tau_real))
-    lam_results = [measure(pipe, judge, chosen_tau, lam, cache) for lam in LAMBDAS]
+    lam_results = [measure(engine, judge, chosen_tau, lam, cache) for lam in LAMBDAS]
     base = lam_results[0]
     ok = [
         r
@@ -215,12 +215,12 @@ def main(argv: list[str] | None = None) -> int:
 
 Measured {time.strftime("%Y-%m-%d")} on {platform.machine()} ({torch.get_num_threads()} torch threads),
 `python -m benchmarks.choose_defaults {" ".join(argv if argv is not None else sys.argv[1:])}`,
-{time.time() - t0:.0f} s in all. mnist5k, IPC {config.ipc} ({config.ipc * len(pipe.labels())} synthetic images),
+{time.time() - t0:.0f} s in all. mnist5k, IPC {config.ipc} ({config.ipc * len(engine.labels())} synthetic images),
 K {config.k}, steps {config.steps}, strength {config.strength},
 guidance {config.guidance}; shipped generator and detector. Judge: independent
 {judge_meta["arch"]}, {100 * judge_meta["test_accuracy"]:.2f} % on the mnist5k test split.
 The unrefined synthetic set (no refinement at all) is the row a tau of 0 would give; its judge
-consistency: {100 * measure(pipe, judge, 0.0, 0.5, cache)["judge_consistency"]:.1f} %.
+consistency: {100 * measure(engine, judge, 0.0, 0.5, cache)["judge_consistency"]:.1f} %.
 
 ## guidance (strength {config.strength}, before refinement)
 

@@ -67,7 +67,7 @@ run ray-1-actor --engine ray --ray-workers 1 --dtype float32
   echo
   echo "## Default run (\`run --data mnist5k ${SIZE[*]}\`), whole CLI process"
   echo
-  echo "| run | wall s | all classes: images, mismatch, low conf, resolved, accepted, overridden, unresolved, conf before/after, wall, status |"
+  echo "| run | wall s | all classes: images, mismatch, low conf, auto, accepted, overridden, kept original, dropped, unresolved, conf before/after, wall, status |"
   echo "|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
   echo

@@ -10,7 +10,7 @@ For each IPC (default 1, 10, 50) on ``--data`` (default mnist5k) it builds these
 * ``nearest_real``: the real image nearest each k-means prototype (``nearest_to_prototypes``,
   the same prototypes the run used);
 * ``unrefined``: the initial synthesis, one SDEdit image per prototype, anomalies included;
-* ``refined``: the run's curated set with automatic picks (``pipeline.final_set``);
+* ``refined``: the run's curated set with automatic picks (``review.final_set``);
 * ``refined_lam0`` / ``refined_lam_high``: ablations, selection re-run with lambda = 0
   (confidence only) and lambda = ``--lam-high`` on the same stored candidates (candidates do not
   depend on lambda, so no generation is needed; ``reselect``).
@@ -80,51 +80,51 @@ def random_real(data: Dataset, ipc: int, seed: int) -> Labelled:
     return Labelled(data.train.images[idx], data.train.labels[idx])
 
 
-def nearest_real(pipe: LocalEngine) -> Labelled:
+def nearest_real(engine: LocalEngine) -> Labelled:
     """The real training image nearest each of the run's prototypes, in the generator's init space."""
     images, labels = [], []
-    for c in pipe.labels():
-        real = pipe.data.train.of_class(c)
-        centres = torch.stack([pipe.store.prototype_latent(p.id) for p in pipe.store.prototypes(c)])
-        idx = nearest_to_prototypes(pipe.generator.encode(real), centres)
+    for c in engine.labels():
+        real = engine.data.train.of_class(c)
+        centres = torch.stack([engine.store.prototype_latent(p.id) for p in engine.store.prototypes(c)])
+        idx = nearest_to_prototypes(engine.generator.encode(real), centres)
         images.append(real[idx])
         labels += [c] * len(idx)
     return Labelled(torch.cat(images), np.asarray(labels, dtype=np.int64))
 
 
-def reselect(pipe: LocalEngine, label: int, lam: float, centre: str | None = None) -> list:
+def reselect(engine: LocalEngine, label: int, lam: float, centre: str | None = None) -> list:
     """Rows of the class's set had automatic selection used ``lam``: passed originals plus the greedy
     pick of each anomaly (unresolved left out), from the stored candidates. Person's decisions are
     ignored: this is the automatic pipeline's set. ``centre`` ("class" or "global") overrides the
     run's ``uniqueness_centre``."""
-    passed, anomalies, cands, sels = reselect_detail(pipe, label, lam, centre)
+    passed, anomalies, cands, sels = reselect_detail(engine, label, lam, centre)
     return passed + [c[s.pick] for c, s in zip(cands, sels) if s.pick is not None]
 
 
 @contextmanager
-def centred_on(pipe: LocalEngine, centre: str | None):
-    """Within the block, ``pipe.feature_center`` is the centre of ``centre`` ("class" or "global"; None: the
+def centred_on(engine: LocalEngine, centre: str | None):
+    """Within the block, ``engine.feature_center`` is the centre of ``centre`` ("class" or "global"; None: the
     run's own setting). Only the in-memory config changes; the run store is untouched."""
-    saved = pipe.config
+    saved = engine.config
     if centre is not None:
-        pipe.config = replace(saved, uniqueness_centre=centre)
+        engine.config = replace(saved, uniqueness_centre=centre)
     try:
-        yield pipe
+        yield engine
     finally:
-        pipe.config = saved
+        engine.config = saved
 
 
-def reselect_detail(pipe: LocalEngine, label: int, lam: float, centre: str | None = None) -> tuple:
+def reselect_detail(engine: LocalEngine, label: int, lam: float, centre: str | None = None) -> tuple:
     """``reselect``'s parts: (passed originals, anomalies with candidates, their candidates, the
     ``Selection`` of each anomaly: pick and every candidate's scores)."""
-    store = pipe.store
+    store = engine.store
     passed = [r for r in store.synthetic(label) if not r.is_anomaly]
     anomalies = [a for a in store.anomalies(label) if store.candidates(a.id)]
     cands = [store.candidates(a.id) for a in anomalies]
-    with centred_on(pipe, centre):  # the product's own selection and centring (stages.select_class)
+    with centred_on(engine, centre):  # the product's own selection and centring (stages.select_class)
         sels = stages.select_class(
             label, stages.stacked_features(passed), [stages.Candidates.of(c) for c in cands],
-            pipe.feature_center(label), lam, pipe.config.tau,
+            engine.feature_center(label), lam, engine.config.tau,
         )  # fmt: skip
     return passed, anomalies, cands, sels
 
@@ -137,13 +137,13 @@ def _rows_to_set(store: RunStore, rows_by_label: dict[int, list]) -> Labelled:
     return Labelled(torch.stack(images), np.asarray(labels, dtype=np.int64))
 
 
-def synthetic_sets(pipe: LocalEngine, lam_high: float) -> dict[str, Labelled]:
-    store, labels = pipe.store, pipe.labels()
+def synthetic_sets(engine: LocalEngine, lam_high: float) -> dict[str, Labelled]:
+    store, labels = engine.store, engine.labels()
     return {
         "unrefined": _rows_to_set(store, {c: store.synthetic(c) for c in labels}),
         "refined": _rows_to_set(store, {c: [f.image for f in final_set(store, c)] for c in labels}),
-        "refined_lam0": _rows_to_set(store, {c: reselect(pipe, c, 0.0) for c in labels}),
-        "refined_lam_high": _rows_to_set(store, {c: reselect(pipe, c, lam_high) for c in labels}),
+        "refined_lam0": _rows_to_set(store, {c: reselect(engine, c, 0.0) for c in labels}),
+        "refined_lam_high": _rows_to_set(store, {c: reselect(engine, c, lam_high) for c in labels}),
     }
 
 
@@ -178,15 +178,15 @@ def ensure_run(
     root, run_id = path.parent, path.name
     kw = dict(data=data, generator=generator, detector=detector)
     if (root / run_id / "run.sqlite").is_file():
-        pipe = LocalEngine(RunStore.open(root / run_id), **kw)
+        engine = LocalEngine(RunStore.open(root / run_id), **kw)
     else:
         cfg = RunConfig(data=args.data, generator=args.generator, detector=args.detector, ipc=ipc, device=args.device,
                         **(overrides or {}))  # fmt: skip
         if args.quick:
             cfg.steps, cfg.k = 4, 4
-        pipe = LocalEngine.create(cfg, str(root), run_id, **kw)
-    pipe.run()
-    return pipe
+        engine = LocalEngine.create(cfg, str(root), run_id, **kw)
+    engine.run()
+    return engine
 
 
 def consistency(images: torch.Tensor, labels: np.ndarray, detector: Detector, judge) -> tuple[float, float]:
@@ -335,9 +335,9 @@ def run_ipc(args, ipc, fp, todo, data, generator, detector, judge, csv_path, poo
     """Finish the IPC's run, build its sets, and train the ``todo`` (method, seed) students, each
     row appended to the CSV as it finishes (in this process, or ``pool``'s workers)."""
     t0 = time.time()
-    pipe = ensure_run(args, ipc, fp, data, generator, detector)
-    print(f"IPC {ipc}: run {pipe.store.run_id} ready ({time.time() - t0:.0f} s)", flush=True)
-    fixed = {"nearest_real": nearest_real(pipe), **synthetic_sets(pipe, args.lam_high)}
+    engine = ensure_run(args, ipc, fp, data, generator, detector)
+    print(f"IPC {ipc}: run {engine.store.run_id} ready ({time.time() - t0:.0f} s)", flush=True)
+    fixed = {"nearest_real": nearest_real(engine), **synthetic_sets(engine, args.lam_high)}
     sets = {(m, s): random_real(data, ipc, s) if m == "random_real" else fixed[m] for m, s in todo}
 
     def set_key(m: str, s: int) -> tuple[str, int]:  # only random_real differs between seeds
@@ -372,7 +372,7 @@ def run_ipc(args, ipc, fp, todo, data, generator, detector, judge, csv_path, poo
     for f in as_completed(futures):
         m, s, epochs, n = futures[f]
         record(m, s, *f.result(), epochs, n)
-    pipe.store.close()
+    engine.store.close()
 
 
 def pipeline_stats(args: argparse.Namespace, ipc: int, fp: str) -> dict | None:

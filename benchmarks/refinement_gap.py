@@ -71,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return finish_args(p.parse_args(argv))
 
 
-def variant_sets(pipe: LocalEngine, variant: str) -> dict[str, Labelled]:
-    store, labels = pipe.store, pipe.labels()
+def variant_sets(engine: LocalEngine, variant: str) -> dict[str, Labelled]:
+    store, labels = engine.store, engine.labels()
     built = {
         "unrefined": lambda: _rows_to_set(store, {c: store.synthetic(c) for c in labels}),
         "refined": lambda: _rows_to_set(store, {c: [f.image for f in final_set(store, c)] for c in labels}),
@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_variant(args, variant, ipc, fp, todo, data, generator, detector, judge, predict, csv_path, pool) -> None:
     t0 = time.time()
-    pipe = ensure_run(args, ipc, fp, data, generator, detector, variant, VARIANTS[variant])
-    anomalies = sum(s.anomalies for s in summarize(pipe.store, pipe.labels()))
+    engine = ensure_run(args, ipc, fp, data, generator, detector, variant, VARIANTS[variant])
+    anomalies = sum(s.anomalies for s in summarize(engine.store, engine.labels()))
     print(f"{variant} IPC {ipc}: run ready, {anomalies} anomalies ({time.time() - t0:.0f} s)", flush=True)
-    sets = variant_sets(pipe, variant)
-    pipe.store.close()
+    sets = variant_sets(engine, variant)
+    engine.store.close()
     cons = {name: (float((detector.inspect(st.images).predicted == st.labels).mean()),
                    float((predict(judge, st.images) == st.labels).mean())) for name, st in sets.items()}  # fmt: skip
 

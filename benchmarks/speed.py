@@ -214,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         clock.reset()
         t0 = clock.now()
-        pipe = LocalEngine.create(cfg, tmp, "speed", data=data, generator=timed, detector=detector)
-        summaries = pipe.run()
+        engine = LocalEngine.create(cfg, tmp, "speed", data=data, generator=timed, detector=detector)
+        summaries = engine.run()
         wall = clock.now() - t0
-        pipe.store.close()
+        engine.store.close()
     peak_run = clock.peak_mb()
     raw = raw_unet(gen, cfg.batch_size, cfg, clock, autocast, repeats=2)
     achieved = timed.image_steps / wall

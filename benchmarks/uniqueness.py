@@ -109,9 +109,9 @@ def set_hash(rows: list) -> str:
     return hashlib.sha1(",".join(str(i) for i in sorted(r.id for r in rows)).encode()).hexdigest()[:12]
 
 
-def selections(pipe: LocalEngine) -> dict[str, Selected]:
+def selections(engine: LocalEngine) -> dict[str, Selected]:
     """Every selection of ``SELECTIONS`` on the run's stored candidates."""
-    store, labels = pipe.store, pipe.labels()
+    store, labels = engine.store, engine.labels()
     n_anomalies = sum(len(store.anomalies(c)) for c in labels)
     unrefined = {c: store.synthetic(c) for c in labels}
     out = {"unrefined": Selected("unrefined", _rows_to_set(store, unrefined),
@@ -123,7 +123,7 @@ def selections(pipe: LocalEngine) -> dict[str, Selected]:
             continue
         rows, uniq, chosen = {}, [], []
         for c in labels:
-            passed, anomalies, cands, sels = reselect_detail(pipe, c, lam, centre)
+            passed, anomalies, cands, sels = reselect_detail(engine, c, lam, centre)
             rows[c] = passed + [cs[s.pick] for cs, s in zip(cands, sels) if s.pick is not None]
             uniq += [u for s in sels for u in s.uniqueness]
             chosen += [(a.id, None if s.pick is None else cs[s.pick].id)
@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             if not todo:
                 continue
             t0 = time.time()
-            pipe = ensure_run(gargs, ipc, b.fp, b.data, b.generator, b.detector)
-            sets = selections(pipe)
-            pipe.store.close()
+            engine = ensure_run(gargs, ipc, b.fp, b.data, b.generator, b.detector)
+            sets = selections(engine)
+            engine.store.close()
             distinct = {s.set_hash: s.images for s in sets.values()}
             print(f"{Path(g).name} IPC {ipc}: run ready, {sets['unrefined'].anomalies} anomalies, "
                   f"{len(distinct)} distinct sets ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip

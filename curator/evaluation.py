@@ -2,7 +2,7 @@
 
 ``python -m curator evaluate PATH --student convnet --seeds 3`` where PATH is
 
-* a **run folder** (``run.sqlite``): its curated set (``pipeline.final_set``: passed originals and
+* a **run folder** (``run.sqlite``): its curated set (``review.final_set``: passed originals and
   picked candidates, unresolved and dropped anomalies left out), tested on the real test split of
   the run's dataset (``RunConfig.data``, split with the run's ``test_fraction`` and ``seed``);
 * an **export** (``run.json`` + ``OUT/<class>/*.png``): every image in the class folders, tested

@@ -73,22 +73,22 @@ def test_quality_resumes_by_skipping_finished_rows(quick_quality):
 def test_ablation_reselect_reproduces_the_pipeline_and_lambda_zero_takes_the_most_confident(quick_quality, mnist):
     argv, _ = quick_quality
     path = _run(argv)
-    pipe = LocalEngine(RunStore.open(path), data=mnist)
-    anomalies = pipe.store.anomalies()
+    engine = LocalEngine(RunStore.open(path), data=mnist)
+    anomalies = engine.store.anomalies()
     assert anomalies, "the tiny random detector should flag anomalies"
     for label in range(10):
-        ids = {r.id for r in quality.reselect(pipe, label, pipe.config.lam)}
-        assert ids == {item.image.id for item in final_set(pipe.store, label)}
+        ids = {r.id for r in quality.reselect(engine, label, engine.config.lam)}
+        assert ids == {item.image.id for item in final_set(engine.store, label)}
     resolved = 0
     for label in range(10):
-        picked = {r.id for r in quality.reselect(pipe, label, 0.0)}
-        for a in pipe.store.anomalies(label):
-            ok = [c for c in pipe.store.candidates(a.id) if c.predicted == label]
+        picked = {r.id for r in quality.reselect(engine, label, 0.0)}
+        for a in engine.store.anomalies(label):
+            ok = [c for c in engine.store.candidates(a.id) if c.predicted == label]
             if ok:
                 best = max(ok, key=lambda c: c.confidence)
                 assert best.id in picked
                 resolved += 1
-    pipe.store.close()
+    engine.store.close()
     assert resolved > 0
 
 
@@ -133,16 +133,16 @@ def test_uniqueness_quick_one_row_per_selection_and_one_student_per_distinct_set
     assert by["global"]["picks_differ"] == "0" and by["unrefined"]["uniq_median"] == ""
     assert int(by["unrefined"]["anomalies"]) > 0  # the tiny random detector flags anomalies
     # each row's set is the re-selection on the stored candidates with its centre and lambda
-    pipe = LocalEngine(RunStore.open(_run(argv)), data=mnist)
+    engine = LocalEngine(RunStore.open(_run(argv)), data=mnist)
     for name in ("global", "class", "lam1"):
         centre, lam = uniqueness.SELECTIONS[name]
-        ids = [r for c in range(10) for r in quality.reselect(pipe, c, lam, centre)]
+        ids = [r for c in range(10) for r in quality.reselect(engine, c, lam, centre)]
         assert by[name]["set_hash"] == uniqueness.set_hash(ids)
         assert int(by[name]["n_images"]) == len(ids)
-    with quality.centred_on(pipe, "class"):
-        assert pipe.config.uniqueness_centre == "class"
-    assert pipe.config.uniqueness_centre == pipe.store.config.uniqueness_centre  # restored
-    pipe.store.close()
+    with quality.centred_on(engine, "class"):
+        assert engine.config.uniqueness_centre == "class"
+    assert engine.config.uniqueness_centre == engine.store.config.uniqueness_centre  # restored
+    engine.store.close()
     report = (work / "quick" / "UNIQUENESS.md").read_text()
     assert "Quick mode" in report and "python -m benchmarks.uniqueness --quick" in report
     assert sum(line.startswith("| gen | 1 |") for line in report.splitlines()) == len(uniqueness.SELECTIONS)

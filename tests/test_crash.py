@@ -89,10 +89,10 @@ def test_partly_saved_real_features_are_recomputed_not_used(tmp_path, mnist, tin
     must centre on every class's features after the resume, not on the classes that were saved."""
     cfg = RunConfig(ipc=3, k=4, steps=3, strength=0.6, tau=1.0, classes=["0", "1"], batch_size=8, real_sample=5)
 
-    def scores(pipe: LocalEngine) -> list[tuple]:
-        pipe.run()
-        rows = [c for a in pipe.store.anomalies() for c in pipe.store.candidates(a.id)]
-        picks = [pipe.store.decision(a.id).candidate_id for a in pipe.store.anomalies()]
+    def scores(engine: LocalEngine) -> list[tuple]:
+        engine.run()
+        rows = [c for a in engine.store.anomalies() for c in engine.store.candidates(a.id)]
+        picks = [engine.store.decision(a.id).candidate_id for a in engine.store.anomalies()]
         return [(r.uniqueness, r.score) for r in rows] + picks
 
     whole = LocalEngine.create(cfg, str(tmp_path / "a"), data=mnist, generator=tiny_generator, detector=tiny_detector)

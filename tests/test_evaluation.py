@@ -41,9 +41,9 @@ def tiny_run(tmp_path_factory, split_folder):
     names = sorted(CLASSES)
     cfg = RunConfig(data=str(split_folder), ipc=2, k=3, steps=2, device="cpu")
     gen, det = make_tiny_generator(names, 20), make_tiny_detector(names, 20)
-    pipe = LocalEngine.create(cfg, str(tmp_path_factory.mktemp("runs")), "r1", generator=gen, detector=det)
-    pipe.run()
-    return pipe.store
+    engine = LocalEngine.create(cfg, str(tmp_path_factory.mktemp("runs")), "r1", generator=gen, detector=det)
+    engine.run()
+    return engine.store
 
 
 def test_convnet_is_three_blocks_of_128_and_a_linear_head():

@@ -33,18 +33,18 @@ def keep_first_anomaly(store, labels):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, mnist, tiny_generator, tiny_detector):
     root = tmp_path_factory.mktemp("runs")
-    pipe = LocalEngine.create(_config(), str(root), data=mnist, generator=tiny_generator, detector=tiny_detector)
-    pipe.run()
-    return keep_first_anomaly(pipe.store, [0, 1])
+    engine = LocalEngine.create(_config(), str(root), data=mnist, generator=tiny_generator, detector=tiny_detector)
+    engine.run()
+    return keep_first_anomaly(engine.store, [0, 1])
 
 
 @pytest.fixture(scope="module")
 def half_run(tmp_path_factory, mnist, tiny_generator, tiny_detector):
     """A run killed after its first class: class "1" is not finished."""
     root = tmp_path_factory.mktemp("runs")
-    pipe = LocalEngine.create(_config(), str(root), data=mnist, generator=tiny_generator, detector=tiny_detector)
-    pipe.run([0])
-    return keep_first_anomaly(pipe.store, [0])
+    engine = LocalEngine.create(_config(), str(root), data=mnist, generator=tiny_generator, detector=tiny_detector)
+    engine.run([0])
+    return keep_first_anomaly(engine.store, [0])
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -20,12 +20,12 @@ def make_pipeline(tmp_path, mnist, gen, det, **overrides):
 
 def test_a_run_stores_every_stage_with_provenance(tmp_path, mnist, tiny_generator, tiny_detector):
     stages = []
-    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector)
-    pipe.progress = lambda stage, done, total, label: stages.append(stage)
-    summaries = pipe.run()
+    engine = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector)
+    engine.progress = lambda stage, done, total, label: stages.append(stage)
+    summaries = engine.run()
     assert [s.status for s in summaries] == ["done", "done"]
     assert {"prototypes", "synthesis", "inspection", "selection"} <= set(stages)
-    store = pipe.store
+    store = engine.store
     for label in (0, 1):
         synth = store.synthetic(label)
         assert len(synth) == 3 and len(store.prototypes(label)) == 3
@@ -61,9 +61,9 @@ def test_anomalies_follow_tau(tmp_path, mnist, tiny_generator, tiny_detector):
 
 
 def test_exact_regeneration_from_stored_seed_and_prototype(tmp_path, mnist, tiny_generator, tiny_detector):
-    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
-    pipe.run()
-    store, cfg = pipe.store, pipe.config
+    engine = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
+    engine.run()
+    store, cfg = engine.store, engine.config
     for row in [store.synthetic(0)[1], store.candidates(store.anomalies(1)[0].id)[2]]:
         init = store.prototype_latent(row.prototype_id)[None]
         again = tiny_generator.generate(
@@ -74,9 +74,9 @@ def test_exact_regeneration_from_stored_seed_and_prototype(tmp_path, mnist, tiny
 
 
 def test_user_decisions_undo_and_regenerate(tmp_path, mnist, tiny_generator, tiny_detector):
-    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
-    pipe.run()
-    store = pipe.store
+    engine = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
+    engine.run()
+    store = engine.store
     a = store.anomalies(0)[0]
     cands = store.candidates(a.id)
     auto = store.decision(a.id)
@@ -92,7 +92,7 @@ def test_user_decisions_undo_and_regenerate(tmp_path, mnist, tiny_generator, tin
     with pytest.raises(StoreError, match="not a candidate"):
         user_decide(store, a.id, "candidate", store.synthetic(1)[0].id)
     user_decide(store, a.id, "original")
-    round_ = pipe.regenerate(a.id)
+    round_ = engine.regenerate(a.id)
     assert round_ == 2 and len(store.candidates(a.id)) == 8
     assert store.decision(a.id).choice == "original"  # a person's decision survives rescoring
     s = summarize(store, [0])[0]
@@ -100,14 +100,14 @@ def test_user_decisions_undo_and_regenerate(tmp_path, mnist, tiny_generator, tin
 
 
 # --- undo after a regenerate: back to the pipeline's pick as it stands now ----------------------
-def regenerate_until_the_pick_moves(pipe: LocalEngine, anomaly_id: int) -> tuple[int | None, int | None]:
+def regenerate_until_the_pick_moves(engine: LocalEngine, anomaly_id: int) -> tuple[int | None, int | None]:
     """Regenerate (at most 6 rounds) until the stored automatic pick changes; (old pick, new pick)."""
-    old = pipe.store.auto_pick(anomaly_id)
+    old = engine.store.auto_pick(anomaly_id)
     for _ in range(6):
-        pipe.regenerate(anomaly_id)
-        if pipe.store.auto_pick(anomaly_id) != old:
+        engine.regenerate(anomaly_id)
+        if engine.store.auto_pick(anomaly_id) != old:
             break
-    new = pipe.store.auto_pick(anomaly_id)
+    new = engine.store.auto_pick(anomaly_id)
     assert new != old, "six rounds never moved the automatic pick: the test cannot tell stale from fresh"
     return old, new
 
@@ -120,20 +120,20 @@ def other_candidate(store: RunStore, anomaly_id: int, *not_these: int | None) ->
 def selected(tmp_path, mnist, tiny_generator, tiny_detector):
     """A finished two-class run where every image is an anomaly (tau 1.0); its first anomaly with a
     pick (the tiny random detector predicts class 4 for everything, so class 4 has picks)."""
-    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0, classes=["4", "5"])
-    pipe.run()
-    a = next(a for a in pipe.store.anomalies(4) if pipe.store.auto_pick(a.id) is not None)
-    yield pipe, a.id
-    pipe.close()
+    engine = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0, classes=["4", "5"])
+    engine.run()
+    a = next(a for a in engine.store.anomalies(4) if engine.store.auto_pick(a.id) is not None)
+    yield engine, a.id
+    engine.close()
 
 
 def test_undo_after_a_regenerate_restores_the_pick_as_it_stands_now(selected):
     """The issue's reproduction: decide another candidate, regenerate (the stored pick moves), undo."""
-    pipe, aid = selected
-    store = pipe.store
+    engine, aid = selected
+    store = engine.store
     mine = other_candidate(store, aid)
     user_decide(store, aid, "candidate", mine)
-    old, new = regenerate_until_the_pick_moves(pipe, aid)
+    old, new = regenerate_until_the_pick_moves(engine, aid)
     assert store.decision(aid) == Decision(aid, "candidate", mine, "user")  # rescoring keeps a person's choice
     undone = store.undo_last()
     assert undone.now == store.decision(aid) == Decision.automatic(aid, new)  # not the logged #old
@@ -141,21 +141,21 @@ def test_undo_after_a_regenerate_restores_the_pick_as_it_stands_now(selected):
 
 
 def test_regenerate_then_decide_then_undo(selected):
-    pipe, aid = selected
-    store = pipe.store
-    _, new = regenerate_until_the_pick_moves(pipe, aid)
+    engine, aid = selected
+    store = engine.store
+    _, new = regenerate_until_the_pick_moves(engine, aid)
     user_decide(store, aid, "drop")
     assert store.undo_last().now == store.decision(aid) == Decision.automatic(aid, new)
 
 
 def test_undo_twice_across_a_regenerate(selected):
     """The first undo brings back the person's earlier choice as logged; the second, the pick as it is now."""
-    pipe, aid = selected
-    store = pipe.store
+    engine, aid = selected
+    store = engine.store
     first = other_candidate(store, aid)
     user_decide(store, aid, "candidate", first)
     user_decide(store, aid, "original")
-    _, new = regenerate_until_the_pick_moves(pipe, aid)
+    _, new = regenerate_until_the_pick_moves(engine, aid)
     assert store.undo_last().now == Decision(aid, "candidate", first, "user")
     assert store.undo_last().now == store.decision(aid) == Decision.automatic(aid, new)
     assert store.undo_last() is None and store.check() == []
@@ -164,8 +164,8 @@ def test_undo_twice_across_a_regenerate(selected):
 def test_a_decision_made_during_selection_waits_and_is_never_overwritten(selected, monkeypatch):
     """A person decides (another connection, as the app does) between selection's read of the
     decisions and its write: the write lock makes the person's write wait, then it stands."""
-    pipe, aid = selected
-    store = pipe.store
+    engine, aid = selected
+    store = engine.store
     mine = other_candidate(store, aid)
     person = RunStore.open(store.path)
     person.db.execute("PRAGMA busy_timeout=0")  # do not wait the 30 s: see at once whether it would
@@ -179,32 +179,34 @@ def test_a_decision_made_during_selection_waits_and_is_never_overwritten(selecte
         return real(*args, **kwargs)
 
     monkeypatch.setattr(stages, "select_class", select_then_interleave)
-    pipe.select(4)
+    engine.select(4)
     assert len(refused) == 1 and "locked" in str(refused[0])  # it had to wait for the selection
     user_decide(person, aid, "candidate", mine)  # ... and, once selection committed, it goes through
     monkeypatch.setattr(stages, "select_class", real)
-    pipe.select(4)  # a later selection keeps it too
+    engine.select(4)  # a later selection keeps it too
     assert store.decision(aid) == Decision(aid, "candidate", mine, "user")
     person.close()
 
 
 def test_resume_after_cancel_mid_class_keeps_finished_work(tmp_path, mnist, tiny_generator, tiny_detector):
-    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
-    pipe.run_class(0)
-    before = {r.id: (r.file, r.seed, r.confidence) for r in pipe.store.synthetic() + pipe.store.all_candidates()}
-    wall0 = pipe.store.classes()[0].wall_seconds
+    engine = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector, tau=1.0)
+    engine.run_class(0)
+    before = {r.id: (r.file, r.seed, r.confidence) for r in engine.store.synthetic() + engine.store.all_candidates()}
+    wall0 = engine.store.classes()[0].wall_seconds
     calls = {"n": 0}
 
     def cancel_in_refinement() -> bool:
         calls["n"] += 1
         return calls["n"] > 3
 
-    pipe.cancel = cancel_in_refinement
+    engine.cancel = cancel_in_refinement
     with pytest.raises(Cancelled):
-        pipe.run_class(1)
-    assert pipe.store.class_status(1) == "running"
-    pipe.store.close()  # the cancelled job lets go of the run (and its writer lock)
-    resumed = LocalEngine(RunStore.open(pipe.store.path), data=mnist, generator=tiny_generator, detector=tiny_detector)
+        engine.run_class(1)
+    assert engine.store.class_status(1) == "running"
+    engine.store.close()  # the cancelled job lets go of the run (and its writer lock)
+    resumed = LocalEngine(
+        RunStore.open(engine.store.path), data=mnist, generator=tiny_generator, detector=tiny_detector
+    )
     summaries = resumed.run()
     assert [s.status for s in summaries] == ["done", "done"]
     after = {r.id: (r.file, r.seed, r.confidence) for r in resumed.store.synthetic() + resumed.store.all_candidates()}
@@ -229,9 +231,9 @@ def test_unknown_class_and_mismatched_models_are_clear_errors(tmp_path, mnist, t
 
 
 def test_feature_centre_is_the_real_sample_mean(tmp_path, mnist, tiny_generator, tiny_detector):
-    pipe = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector)
-    centre = pipe.feature_center()
-    labels, idx, feats = pipe.store.real_features()
+    engine = make_pipeline(tmp_path, mnist, tiny_generator, tiny_detector)
+    centre = engine.feature_center()
+    labels, idx, feats = engine.store.real_features()
     assert np.bincount(labels).tolist() == [5] * 10
     np.testing.assert_allclose(centre, feats.mean(0), rtol=1e-6)
     direct = tiny_detector.inspect(mnist.train.images[torch.from_numpy(idx[:5])]).features
@@ -278,3 +280,15 @@ def test_run_batches_across_classes_and_matches_one_class_at_a_time(tmp_path, mn
             decisions = [store.decision(a.id) for a in store.anomalies(label)]
             picks.append([store.image(d.candidate_id)["position"] if d.candidate_id else d.choice for d in decisions])
         assert picks[0] == picks[1]
+
+
+def test_a_run_stored_with_the_dropped_n_train_column_still_opens_and_writes(tmp_path):
+    """Stores written before ``classes.n_train`` (never filled) was dropped keep working."""
+    store = RunStore.create(tmp_path, RunConfig(classes=["0"]), ["0", "1"], "old")
+    store.db.execute("ALTER TABLE classes ADD COLUMN n_train INTEGER")  # the old schema's column
+    store.close()
+    old = RunStore.open(tmp_path / "old")
+    old.set_class_status(0, "running", 1.5)
+    assert [(c.label, c.status, c.wall_seconds) for c in old.classes()] == [(0, "running", 1.5), (1, "pending", None)]
+    assert [s.images for s in summarize(old)] == [0, 0] and old.check() == []
+    old.close()

@@ -224,7 +224,7 @@ class Engine:
             for r in self.store.synthetic(label):
                 key = (label, idx_of[r.prototype_id])
                 synthetic[key] = stages.Inspected(r.confidence, r.predicted, r.reason, r.feature)
-                if r.reason is None or not counts.get(r.id):
+                if not r.is_anomaly or not counts.get(r.id):
                     continue
                 cands = self.store.candidates(r.id)
                 per_round = Counter(c.round for c in cands)

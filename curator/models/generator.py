@@ -23,10 +23,14 @@ from typing import Protocol
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
+from curator.config import RunConfig
 from curator.data import resize_images
 from curator.errors import ModelFileError
 
 ProgressFn = Callable[[int, int], None]  # (done, total) in images
+
+
+_RUN_DEFAULTS = RunConfig()  # sampling defaults are the run's (curator/config.py), written nowhere else
 
 
 class Generator(Protocol):
@@ -35,7 +39,7 @@ class Generator(Protocol):
     ``generate`` must make each image depend only on its own seed (per-image noise from a CPU
     ``torch.Generator``), so that (prototype, seed, parameters) regenerates it exactly. Backends
     that take the dataset's classes at run time (Stable Diffusion prompts, DiT ImageNet ids) also
-    have ``configure(class_names, **options)``; see ``curator.pipeline.prepare_generator``.
+    have ``configure(class_names, **options)``; see ``curator.models.loading.prepare_generator``.
     """
 
     num_classes: int
@@ -206,10 +210,10 @@ class PixelDiffusion:
         labels: Sequence[int],
         seeds: Sequence[int],
         *,
-        strength: float = 0.7,
-        guidance: float = 2.0,
-        steps: int = 25,
-        batch_size: int = 64,
+        strength: float = _RUN_DEFAULTS.strength,
+        guidance: float = _RUN_DEFAULTS.guidance,
+        steps: int = _RUN_DEFAULTS.steps,
+        batch_size: int = _RUN_DEFAULTS.batch_size,
         progress: ProgressFn | None = None,
     ) -> torch.Tensor:
         """SDEdit: noise ``init`` (one row per image, in init space) to ``strength`` and denoise.

@@ -70,11 +70,6 @@ def served_path(settings: AppSettings, path: str | Path | None, key: str = LOCAL
     return str(dst)
 
 
-def served_gallery(settings: AppSettings, items: list, key: str = LOCAL) -> list:
-    """``[(path, caption), ...]`` with every path replaced by its served copy for ``key``."""
-    return [(served_path(settings, p, key), c) for p, c in items]
-
-
 def export_dir(settings: AppSettings, key: str, run_id: str) -> Path:
     """Where the visitor with owner key ``key`` exports run ``run_id``: ``RUNS/_exports/<key>/<run_id>``
     (not created here)."""
