@@ -129,6 +129,37 @@ INTERLEAVINGS = {
 }
 
 
+def target(store):
+    """The anomaly the actions are done on: the first with an automatic pick, else the first with candidates."""
+    with_cands = [a for a in store.anomalies() if store.candidates(a.id)]
+    return next((a for a in with_cands if store.auto_pick(a.id) is not None), with_cands[0])
+
+
+def primed(finished: Path, work: Path, tries: int = 6) -> Path:
+    """A copy of the finished run in which the next regenerate of the ``target`` anomaly moves its
+    automatic pick (earlier rounds added first, as a person might have), so that an undo restoring
+    a stale pick would show in ``settle``. Raises if ``tries`` rounds never move it."""
+    from curator.store import RunStore
+
+    def pick(run: Path) -> int | None:
+        store = RunStore.open(run)
+        try:
+            return store.auto_pick(target(store).id)
+        finally:
+            store.close()
+
+    base = work / "primed-0" / RUN_ID
+    shutil.copytree(finished, base)
+    for i in range(1, tries + 1):
+        trial = work / f"primed-{i}" / RUN_ID
+        shutil.copytree(base, trial)
+        act(trial, ["regenerate"])
+        if pick(trial) != pick(base):
+            return base
+        base = trial
+    raise AssertionError(f"{tries} regenerates never moved the automatic pick: the sweep could not see a stale undo")
+
+
 def act(run: Path, actions: Sequence[str]) -> None:
     """Do ``actions`` on the run's first anomaly that has candidates, as a person in the app would:
     ``decide`` keeps a candidate other than the automatic pick (another one each time),
@@ -139,7 +170,7 @@ def act(run: Path, actions: Sequence[str]) -> None:
     engine = open_run(str(run))
     try:
         store = engine.store
-        a = next(a for a in store.anomalies() if store.candidates(a.id))
+        a = target(store)
         for i, action in enumerate(actions):
             if action == "decide":
                 others = [c.id for c in store.candidates(a.id) if c.id != store.auto_pick(a.id)]
@@ -178,13 +209,14 @@ def settle(run: Path) -> None:
 
 
 def action_sweep(finished: Path, actions: Sequence[str], work: Path, step: int = 1) -> int:
-    """Copy the finished run ``finished``, do ``actions`` in a process killed after its commit N
-    (N = 1, 1 + step, ... until they finish unkilled) and ``settle`` each copy; the unkilled one too.
-    Returns the number of kills. Call it with one torch thread."""
+    """Copy the finished run ``finished`` (``primed``), do ``actions`` in a process killed after its
+    commit N (N = 1, 1 + step, ... until they finish unkilled) and ``settle`` each copy; the unkilled
+    one too. Returns the number of kills. Call it with one torch thread."""
+    base = primed(finished, work)
     kills, n = 0, 1
     while True:
         run = work / f"act-{n}" / RUN_ID
-        shutil.copytree(finished, run)
+        shutil.copytree(base, run)
         proc = run_python(["-m", "benchmarks.crash", "--act", str(run), *actions], crash_after=n)
         if proc.returncode not in (0, -signal.SIGKILL):
             raise AssertionError(f"{actions}, kill after commit {n}: exit {proc.returncode}\n{proc.stderr}")
