@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+def _assets() -> Path:
+    """The shipped models: ``curator/assets/`` in an installed package (pyproject.toml ships them
+    as package data), else ``assets/`` beside the package in a source checkout."""
+    here = Path(__file__).resolve().parent
+    return here / "assets" if (here / "assets").is_dir() else here.parent / "assets"
+
+
+ASSETS = _assets()
 DEFAULT_GENERATOR = str(ASSETS / "generator")
 DEFAULT_DETECTOR = str(ASSETS / "detector")
 

@@ -83,7 +83,8 @@ class Visitor:
     def start_ok(self, folder: str | None = None) -> Path:
         out = self.start(folder)
         assert out[0].startswith("✔ run "), out[0]
-        return Path(out[1])
+        assert out[1] == Path(out[1]).name, out[1]  # the browser keeps the run's name, never a server path
+        return self.pub["settings"].runs_dir / out[1]
 
 
 def get(pub: dict, path, token: str | None) -> httpx.Response:
@@ -92,7 +93,7 @@ def get(pub: dict, path, token: str | None) -> httpx.Response:
 
 
 def choices(update: dict) -> list[str]:
-    """The run paths a runs-dropdown update offers."""
+    """The runs a runs-dropdown update offers (their names: public mode shows no server path)."""
     return [value for _, value in update["choices"]]
 
 
@@ -134,15 +135,15 @@ def test_a_visitor_never_lists_opens_or_changes_another_visitors_run(pub):
 
     # B's own run: its list holds it and not A's; B's undo undoes B's decisions only
     out = b.start()
-    run_b = Path(out[1])
-    assert choices(out[2]) == [str(run_b)] and str(run_a) not in str(out)
+    run_b = pub["settings"].runs_dir / out[1]
+    assert choices(out[2]) == [run_b.name] and rid not in str(out)
     assert b(str(run_a), api="/open_run")[0] == f"⚠ run {rid} not found"  # also with a run of its own open
     b_ran = b(0, api="/run_class")
     b_aid = b_ran[4]
     assert b(0, b_aid, None, api="/keep_original")[0].startswith(f"✔ #{b_aid}: original kept")
     assert b(0, b_aid, api="/undo")[0].startswith(f"✔ undone on #{b_aid}")
     assert b(0, b_aid, api="/undo")[0] == "⚠ nothing to undo"
-    assert choices(a(rid, api="/open_run")[2]) == [str(run_a)]  # A's list: A's run only
+    assert choices(a(rid, api="/open_run")[2]) == [rid]  # A's list: A's run only
 
     store = RunStore.open(run_a)
     try:
@@ -153,6 +154,29 @@ def test_a_visitor_never_lists_opens_or_changes_another_visitors_run(pub):
         store.close()
     assert not (pub["settings"].exports_dir / b.key).exists()  # B's export of nothing wrote nothing
     assert a(0, aid, api="/undo")[0].startswith(f"✔ undone on #{aid}")  # A's decision was still there
+
+
+def test_public_mode_answers_with_run_names_never_server_paths(pub):
+    """Start and reopen answer with run names: the runs dropdown's values and the run the browser
+    keeps; no message shows a folder of the server (runs, data, models)."""
+    v = Visitor(pub)
+    root = str(pub["settings"].runs_dir.parent)
+    started = v.start()
+    assert started[0].startswith("✔ run "), started[0]
+    rid = started[1]
+    dropdown = started[2]
+    assert (rid, dropdown["value"], choices(dropdown)) == (Path(rid).name, rid, [rid]), started
+    reopened = v(rid, api="/open_run")
+    assert reopened[:2] == (f"✔ reopened run {rid}", rid) and choices(reopened[2]) == [rid]
+    assert v(0, api="/run_class")[0].startswith("✔ class a done")
+    exported = v(api="/export")
+    assert exported[0].startswith("✔ exported"), exported[0]
+    refused = v("/elsewhere/run-x", api="/open_run")[0]
+    assert refused.startswith("⚠ /elsewhere/run-x is not a run of this app"), refused
+    for out in (started, reopened):  # all they answer
+        assert root not in json.dumps(out), out
+    for message in (started[0], reopened[0], exported[0], refused):  # (a download's URL is Gradio's file route)
+        assert root not in message, message
 
 
 # --- b. files ----------------------------------------------------------------------------------------

@@ -194,7 +194,13 @@ class Callbacks:
 
     def _runs_of(self, key: str) -> list[tuple[str, str]]:
         """The reopen dropdown's runs: all of them in private mode, the visitor's own in public mode."""
-        return visitors.owned_runs(run_choices(self.settings.runs_dir), key, self.settings)
+        owned = visitors.owned_runs(run_choices(self.settings.runs_dir), key, self.settings)
+        return [(label, self._shown(path)) for label, path in owned]
+
+    def _shown(self, run_dir: str | Path) -> str:
+        """A run as the browser sees it (dropdown value, saved run): in public mode its name, never a
+        server path (``open_run`` and ``restore`` take names); in private mode its folder."""
+        return Path(run_dir).name if self.settings.public else str(run_dir)
 
     @staticmethod
     def _key(state: dict | None) -> str:
@@ -228,13 +234,13 @@ class Callbacks:
         )
 
     def _run_outputs(self, store: RunStore, message: str, key: str = "local") -> tuple:
-        path = str(store.path)
+        path, shown = str(store.path), self._shown(store.path)
         choices = class_choices(store)
         return (
             message,
             {"run": path, "key": key},
-            path,
-            gr.update(choices=self._runs_of(key), value=path),
+            shown,
+            gr.update(choices=self._runs_of(key), value=shown),
             gr.update(choices=choices, value=choices[0][1] if choices else None),
             self._run_info(store),
         )
@@ -451,11 +457,12 @@ class Callbacks:
     def restore(self, saved: str | None, state: dict | None = None, request: gr.Request = None) -> tuple:
         """On page load: reopen the run this browser had open, if it still exists (and is its own)."""
         key = visitors.request_key(request, self.settings)
+        folder = self.settings.runs_dir / saved if saved and not Path(saved).is_absolute() else saved  # a name
         if (
             saved
-            and (Path(saved) / "run.sqlite").is_file()
+            and (Path(folder) / "run.sqlite").is_file()
             and not (state or {}).get("run")
-            and visitors.owns(saved, key, self.settings)
+            and visitors.owns(folder, key, self.settings)
         ):
             return self.open_run(saved, state, request)
         # Nothing to reopen: leave status and state alone, so a slow page load cannot wipe a run
