@@ -850,3 +850,38 @@ def evaluations(store: RunStore, evaluation_id: int | None = None) -> list[Evalu
                          tuple(json.loads(r[10])), tuple(students.get(r[0], ())))
         for r in rows
     ]  # fmt: skip
+
+
+# --- the detector's class probabilities of each image (exported for soft labels) ----------------
+# Written at inspection, in the transaction that stores the image; a run stored before has none
+# (``image_probs`` returns what there is, and the export computes the rest with the run's detector).
+IMAGE_PROBS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS image_probs (image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE, "
+    "probs BLOB NOT NULL)"
+)
+
+
+def set_image_probs(store: RunStore, probs: Sequence[tuple[int, np.ndarray]]) -> None:
+    """Store (image id, softmax over the run's classes [K]) pairs, float32; joins an open transaction."""
+    if not probs:
+        return
+    with store.transaction():
+        store.db.execute(IMAGE_PROBS_TABLE)  # one statement: safe inside the caller's transaction
+        store.db.executemany(
+            "INSERT INTO image_probs(image_id, probs) VALUES (?, ?) "
+            "ON CONFLICT(image_id) DO UPDATE SET probs=excluded.probs",
+            [(int(i), to_blob(p)) for i, p in probs],
+        )
+
+
+def image_probs(store: RunStore, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    """{image id: stored class probabilities [K] (float32)} for those of ``image_ids`` that have them."""
+    if store.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='image_probs'").fetchone() is None:
+        return {}
+    wanted = [int(i) for i in image_ids]
+    out: dict[int, np.ndarray] = {}
+    for lo in range(0, len(wanted), 500):
+        part = wanted[lo : lo + 500]
+        q = f"SELECT image_id, probs FROM image_probs WHERE image_id IN ({','.join('?' * len(part))})"
+        out.update({int(i): from_blob(b) for i, b in store.db.execute(q, part)})
+    return out

@@ -138,12 +138,14 @@ Teacher = Callable[[torch.Tensor], torch.Tensor]  # augmented views [N, C, H, W]
 
 
 def detector_teacher(detector, class_names: Sequence[str]) -> Teacher:
-    """The detector as a teacher: its logits on the student's views, columns in ``class_names`` order
-    (matched by name). A DataError names the classes the detector does not know."""
+    """The detector as a teacher: its logits on the student's views, columns in ``class_names`` order:
+    matched by name, else by index when the counts agree (as the pipeline reads the detector). A
+    DataError names the classes the detector does not know."""
     missing = [c for c in class_names if c not in detector.class_names]
-    if missing:
+    if missing and detector.num_classes != len(class_names):
         raise DataError(f"the detector knows no class {missing}: it cannot teach a set with these classes")
-    cols = torch.as_tensor([detector.class_names.index(c) for c in class_names])
+    order = range(len(class_names)) if missing else [detector.class_names.index(c) for c in class_names]
+    cols = torch.as_tensor(list(order))
     detector.model.eval()
 
     @torch.no_grad()

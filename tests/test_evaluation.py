@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import make_tiny_detector, make_tiny_generator, write_image_folder
@@ -28,9 +29,9 @@ from curator.evaluation import (
     top1_accuracy,
     train_student,
 )
-from curator.export import export_run
+from curator.export import METADATA, PROBS, export_run
 from curator.review import final_set, user_decide
-from curator.store import RunStore, evaluations
+from curator.store import RunStore, evaluations, image_probs
 from curator.students import build_student, kd_loss, score_student
 
 CLASSES = {"a": 10, "b": 10, "c": 10}
@@ -277,3 +278,27 @@ def test_cli_evaluates_a_run_and_prints_the_stored_numbers(run_copy, capsys):
     assert table in first and table in shown and "student 1 of 2" in first and "student" not in shown.split("\n")[0]
     assert main(["evaluate", path, "--protocol", "warm"]) == 2
     assert "unknown protocol 'warm'" in capsys.readouterr().err
+
+
+# --- the export's class probabilities (soft labels outside the app) ----------------------------
+def test_export_carries_typed_class_probabilities_that_sum_to_one(tmp_path, run_copy):
+    datasets = pytest.importorskip("datasets")
+    out = export_run(run_copy, tmp_path / "export")
+    ds = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    feature = ds.features[PROBS]
+    assert feature == datasets.List(datasets.Value("float32"), length=3)
+    probs = np.asarray(ds[PROBS], dtype=np.float64)
+    assert probs.shape == (len(ds), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    curated = build_set(run_copy, "curated").ids
+    assert len(image_probs(run_copy, curated)) == len(curated) == len(ds)  # stored at inspection
+    names = run_copy.class_names  # the column follows run.json's class_names, the detector's order
+    own = probs[np.arange(len(ds)), [names.index(c) for c in ds["class_name"]]]
+    assert np.allclose(own, ds["confidence"], atol=1e-6)  # the stored confidence is the label's probability
+
+
+def test_export_of_a_run_stored_without_probabilities_computes_them_with_its_detector(tmp_path, run_copy):
+    want = pd.read_parquet(export_run(run_copy, tmp_path / "with") / METADATA)[PROBS]
+    run_copy.db.execute("DROP TABLE image_probs")  # as a run stored before they were kept
+    got = pd.read_parquet(export_run(run_copy, tmp_path / "without") / METADATA)[PROBS]
+    # the same detector, but on the stored 8-bit PNGs rather than the generated floats: close, not equal
+    assert np.allclose(np.stack(got.to_numpy()), np.stack(want.to_numpy()), atol=1e-3)
