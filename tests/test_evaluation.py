@@ -302,3 +302,21 @@ def test_export_of_a_run_stored_without_probabilities_computes_them_with_its_det
     got = pd.read_parquet(export_run(run_copy, tmp_path / "without") / METADATA)[PROBS]
     # the same detector, but on the stored 8-bit PNGs rather than the generated floats: close, not equal
     assert np.allclose(np.stack(got.to_numpy()), np.stack(want.to_numpy()), atol=1e-3)
+
+
+def test_a_real_kill_after_the_first_student_resumes_with_the_missing_seed(run_copy):
+    import signal
+
+    from benchmarks.crash import run_cli
+
+    path = str(run_copy.path)
+    args = ["evaluate", path, "--sets", "unrefined", "--seeds", "2", "--epochs", "1", "--device", "cpu"]
+    killed = run_cli(args, crash_after=2)  # commit 1: the evaluation's row; commit 2: the first student
+    assert killed.returncode == -signal.SIGKILL
+    (partial,) = evaluations(run_copy)
+    assert (partial.status, partial.done_seeds) == ("partial", [0])
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "unrefined seed 1" in resumed.stdout and "seed 0:" not in resumed.stdout.split("top-1 on")[0]
+    (done,) = evaluations(run_copy)
+    assert done.status == "complete" and done.students[0].accuracy == partial.students[0].accuracy
