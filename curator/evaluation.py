@@ -319,6 +319,8 @@ def evaluate_run(
         raise ConfigError(f"epochs must be at least 1, got {epochs}")
     dev = pick_device(device)
     data = data or run_dataset(store)
+    # the teacher before anything is written: a missing detector stores no empty evaluation
+    teacher = run_teacher(store, dev, detector) if protocol == "soft" and train else None
     built = [build_set(store, n, data) for n in names]
     for ts in built:
         if len(ts) == 0:
@@ -337,7 +339,6 @@ def evaluate_run(
             rec = _find(store, ts, protocol, student, temp, ep)
             plans.append((ts, ep, None if rec is None else rec.id, []))
     total = sum(len(todo) for *_, todo in plans)
-    teacher = run_teacher(store, dev, detector) if protocol == "soft" and total else None
     done = 0
     for ts, ep, eid, todo in plans:
         for seed in todo:

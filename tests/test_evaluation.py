@@ -320,3 +320,13 @@ def test_a_real_kill_after_the_first_student_resumes_with_the_missing_seed(run_c
     assert "unrefined seed 1" in resumed.stdout and "seed 0:" not in resumed.stdout.split("top-1 on")[0]
     (done,) = evaluations(run_copy)
     assert done.status == "complete" and done.students[0].accuracy == partial.students[0].accuracy
+
+
+def test_soft_labels_without_the_runs_detector_is_one_line_and_stores_nothing(run_copy, tmp_path, capsys):
+    cfg = run_copy.config
+    cfg.detector = str(tmp_path / "gone")
+    run_copy.set_meta("config", cfg.to_json())
+    assert main(["evaluate", str(run_copy.path), "--protocol", "soft", "--seeds", "1", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "gone" in err and len(err.strip().splitlines()) == 1
+    assert evaluations(run_copy) == []
