@@ -315,6 +315,9 @@ def _evaluate_run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"run {store.run_id}: top-1 on the real test split")
         print(evaluation_table(records))
+    except KeyboardInterrupt:
+        print("interrupted; finished students are stored: the same command continues", file=sys.stderr)
+        return 130
     finally:
         store.close()
     return 0

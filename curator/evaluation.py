@@ -275,10 +275,10 @@ def run_teacher(store: RunStore, device: torch.device | str = "cpu", detector=No
     return detector_teacher(det, store.class_names)
 
 
-def _find(store: RunStore, ts: TrainSet, protocol: str, student: str, temperature: float, epochs: int):
+def _find(store: RunStore, ts: TrainSet, protocol: str, student: str, temperature: float, epochs: int, flip: bool):
     for rec in evaluations(store):
-        if (rec.set_name, rec.set_digest, rec.protocol, rec.student, rec.temperature, rec.epochs) == (
-            ts.name, ts.digest, protocol, student, temperature, epochs,
+        if (rec.set_name, rec.set_digest, rec.protocol, rec.student, rec.temperature, rec.epochs, rec.flip) == (
+            ts.name, ts.digest, protocol, student, temperature, epochs, flip,
         ):  # fmt: skip
             return rec
     return None
@@ -304,7 +304,7 @@ def evaluate_run(
     """Evaluate ``sets`` of the run (``curator.evalsets.SETS``) and return their stored records, in
     ``SETS`` order.
 
-    Each (set content, protocol, student, temperature, epochs) is one stored evaluation; ``seeds``
+    Each (set content, protocol, student, temperature, epochs, flip) is one stored evaluation; ``seeds``
     join its asked seeds, and only the students it lacks are trained, each committed as it
     finishes. ``train`` False trains nothing and returns what is stored for the current sets.
     ``epochs`` None means ``default_epochs`` of the set's size. Soft labels come from ``detector``
@@ -332,11 +332,11 @@ def evaluate_run(
             eid = start_evaluation(
                 store, set_name=ts.name, set_digest=ts.digest, protocol=protocol, student=student,
                 temperature=temp, epochs=ep, seeds=asked, n_train=len(ts), n_test=len(data.test),
-                class_names=data.class_names,
+                class_names=data.class_names, flip=flip,
             )  # fmt: skip
             plans.append((ts, ep, eid, evaluations(store, eid)[0].missing_seeds))
         else:
-            rec = _find(store, ts, protocol, student, temp, ep)
+            rec = _find(store, ts, protocol, student, temp, ep, flip)
             plans.append((ts, ep, None if rec is None else rec.id, []))
     total = sum(len(todo) for *_, todo in plans)
     done = 0

@@ -682,15 +682,15 @@ class _Transaction:
 # === evaluations (issue 19): students trained on a run's sets, kept with the run ===================
 # A separate block: its tables are made on the first write (``_ensure_evaluation_tables``), so a run
 # stored before they existed opens unchanged and simply has no evaluations. One ``evaluations`` row
-# per (set content, protocol, student, temperature, epochs); one ``evaluation_students`` row per
+# per (set content, protocol, student, temperature, epochs, flips); one ``evaluation_students`` row per
 # finished student, committed when it finishes. Status is derived from these rows, never stored:
 # an evaluation is complete only when every asked seed has its row.
 EVALUATION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
     id INTEGER PRIMARY KEY, set_name TEXT NOT NULL, set_digest TEXT NOT NULL, protocol TEXT NOT NULL,
-    student TEXT NOT NULL, temperature REAL NOT NULL, epochs INTEGER NOT NULL, seeds TEXT NOT NULL,
-    n_train INTEGER NOT NULL, n_test INTEGER NOT NULL, class_names TEXT NOT NULL, created REAL NOT NULL,
-    UNIQUE(set_name, set_digest, protocol, student, temperature, epochs));
+    student TEXT NOT NULL, temperature REAL NOT NULL, epochs INTEGER NOT NULL, flip INTEGER NOT NULL,
+    seeds TEXT NOT NULL, n_train INTEGER NOT NULL, n_test INTEGER NOT NULL, class_names TEXT NOT NULL,
+    created REAL NOT NULL, UNIQUE(set_name, set_digest, protocol, student, temperature, epochs, flip));
 CREATE TABLE IF NOT EXISTS evaluation_students (
     evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE, seed INTEGER NOT NULL,
     accuracy REAL NOT NULL, confusion TEXT NOT NULL, seconds REAL NOT NULL, device TEXT NOT NULL,
@@ -722,6 +722,7 @@ class EvaluationRecord:
     student: str
     temperature: float
     epochs: int
+    flip: bool  # mirror flips in the augmentation
     seeds: tuple[int, ...]
     n_train: int
     n_test: int
@@ -789,21 +790,21 @@ def _has_evaluation_tables(store: RunStore) -> bool:
 
 def start_evaluation(
     store: RunStore, *, set_name: str, set_digest: str, protocol: str, student: str, temperature: float,
-    epochs: int, seeds: Sequence[int], n_train: int, n_test: int, class_names: Sequence[str],
+    epochs: int, seeds: Sequence[int], n_train: int, n_test: int, class_names: Sequence[str], flip: bool = False,
 ) -> int:  # fmt: skip
     """The id of the evaluation with this key, made if new; its asked seeds become the union of the
     stored ones and ``seeds`` (a resume or a request for more seeds keeps what is done)."""
     _ensure_evaluation_tables(store)
-    key = (set_name, set_digest, protocol, student, float(temperature), int(epochs))
+    key = (set_name, set_digest, protocol, student, float(temperature), int(epochs), int(bool(flip)))
     with store.transaction():
         row = store.db.execute(
             "SELECT id, seeds FROM evaluations WHERE set_name=? AND set_digest=? AND protocol=? AND student=? "
-            "AND temperature=? AND epochs=?", key,
+            "AND temperature=? AND epochs=? AND flip=?", key,
         ).fetchone()  # fmt: skip
         if row is None:
             cur = store.db.execute(
-                "INSERT INTO evaluations(set_name, set_digest, protocol, student, temperature, epochs, seeds, "
-                "n_train, n_test, class_names, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO evaluations(set_name, set_digest, protocol, student, temperature, epochs, flip, seeds, "
+                "n_train, n_test, class_names, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (*key, json.dumps(sorted({int(s) for s in seeds})), int(n_train), int(n_test),
                  json.dumps(list(class_names)), time.time()),
             )  # fmt: skip
@@ -837,7 +838,7 @@ def evaluations(store: RunStore, evaluation_id: int | None = None) -> list[Evalu
         return []
     where, args = ("WHERE id=?", (evaluation_id,)) if evaluation_id is not None else ("", ())
     rows = store.db.execute(
-        "SELECT id, set_name, set_digest, protocol, student, temperature, epochs, seeds, n_train, n_test, "
+        "SELECT id, set_name, set_digest, protocol, student, temperature, epochs, flip, seeds, n_train, n_test, "
         f"class_names FROM evaluations {where} ORDER BY id", args,
     ).fetchall()  # fmt: skip
     students: dict[int, list[StudentRecord]] = {}
@@ -846,8 +847,8 @@ def evaluations(store: RunStore, evaluation_id: int | None = None) -> list[Evalu
     ):
         students.setdefault(eid, []).append(StudentRecord(seed, acc, np.asarray(json.loads(conf), np.int64), secs, dev))
     return [
-        EvaluationRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])), r[8], r[9],
-                         tuple(json.loads(r[10])), tuple(students.get(r[0], ())))
+        EvaluationRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), tuple(json.loads(r[8])), r[9], r[10],
+                         tuple(json.loads(r[11])), tuple(students.get(r[0], ())))
         for r in rows
     ]  # fmt: skip
 
