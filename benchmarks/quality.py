@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curator import stages
+from curator import evalsets, stages
 from curator.config import DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfig
 from curator.data import Dataset, ImageSet, load_dataset
 from curator.engine import LocalEngine
@@ -52,7 +52,7 @@ from curator.evaluation import default_epochs, top1_accuracy, train_student
 from curator.models.detector import Detector
 from curator.models.loading import load_generator
 from curator.prototypes import nearest_to_prototypes
-from curator.review import final_set, summarize
+from curator.review import summarize
 from curator.store import RunStore
 from curator.training import pick_device
 
@@ -74,10 +74,9 @@ class Labelled:
 
 # --- the sets ----------------------------------------------------------------------------------
 def random_real(data: Dataset, ipc: int, seed: int) -> Labelled:
-    rng = np.random.default_rng(seed)
-    pools = [np.flatnonzero(data.train.labels == c) for c in range(data.num_classes)]
-    idx = np.concatenate([np.sort(rng.choice(pool, ipc, replace=False)) for pool in pools])
-    return Labelled(data.train.images[idx], data.train.labels[idx])
+    """IPC random real training images per class (``curator.evalsets.random_real``)."""
+    s = evalsets.random_real(data, ipc, seed)
+    return Labelled(s.images, s.labels)
 
 
 def nearest_real(engine: LocalEngine) -> Labelled:
@@ -129,6 +128,11 @@ def reselect_detail(engine: LocalEngine, label: int, lam: float, centre: str | N
     return passed, anomalies, cands, sels
 
 
+def _labelled(s: evalsets.TrainSet) -> Labelled:
+    """A set built by ``curator.evalsets`` (the one place sets are built from a run)."""
+    return Labelled(s.images, s.labels)
+
+
 def _rows_to_set(store: RunStore, rows_by_label: dict[int, list]) -> Labelled:
     images = [store.load_image(r) for rows in rows_by_label.values() for r in rows]
     labels = [c for c, rows in rows_by_label.items() for _ in rows]
@@ -140,8 +144,8 @@ def _rows_to_set(store: RunStore, rows_by_label: dict[int, list]) -> Labelled:
 def synthetic_sets(engine: LocalEngine, lam_high: float) -> dict[str, Labelled]:
     store, labels = engine.store, engine.labels()
     return {
-        "unrefined": _rows_to_set(store, {c: store.synthetic(c) for c in labels}),
-        "refined": _rows_to_set(store, {c: [f.image for f in final_set(store, c)] for c in labels}),
+        "unrefined": _labelled(evalsets.unrefined_set(store)),
+        "refined": _labelled(evalsets.curated_set(store)),
         "refined_lam0": _rows_to_set(store, {c: reselect(engine, c, 0.0) for c in labels}),
         "refined_lam_high": _rows_to_set(store, {c: reselect(engine, c, lam_high) for c in labels}),
     }

@@ -35,7 +35,7 @@ from benchmarks.quality import COLUMNS as QUALITY_COLUMNS
 from benchmarks.quality import (
     HERE,
     Labelled,
-    _rows_to_set,
+    _labelled,
     _student_job,
     add_common_args,
     append_row,
@@ -47,9 +47,10 @@ from benchmarks.quality import (
     read_rows,
     student_pool,
 )
+from curator import evalsets
 from curator.engine import LocalEngine
 from curator.evaluation import default_epochs
-from curator.review import final_set, summarize
+from curator.review import summarize
 from curator.training import pick_device
 
 VARIANTS = {"refine_all": {"tau": 1.0}, "from_noise": {"strength": 1.0}}
@@ -72,10 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def variant_sets(engine: LocalEngine, variant: str) -> dict[str, Labelled]:
-    store, labels = engine.store, engine.labels()
+    store = engine.store
     built = {
-        "unrefined": lambda: _rows_to_set(store, {c: store.synthetic(c) for c in labels}),
-        "refined": lambda: _rows_to_set(store, {c: [f.image for f in final_set(store, c)] for c in labels}),
+        "unrefined": lambda: _labelled(evalsets.unrefined_set(store)),
+        "refined": lambda: _labelled(evalsets.curated_set(store)),
     }
     return {name: built[name]() for name in SETS[variant]}
 

@@ -283,8 +283,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from curator.errors import ConfigError
+
+    if (Path(args.path) / "run.sqlite").is_file() and args.test_data is None:
+        return _evaluate_run(args)
     from curator.evaluation import evaluate_set, load_eval_set
 
+    if args.protocol != "hard" or args.sets is not None or args.show:
+        raise ConfigError("--protocol soft, --sets and --show need a run folder (its detector and its stored sets)")
     es = load_eval_set(args.path, test_data=args.test_data)
     print(f"evaluating {es.source} {args.path}: {len(es.images)} training images, on the {es.test_source}")
     result = evaluate_set(
@@ -297,6 +303,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=lambda seed, acc: print(f"  seed {seed}: top-1 {100 * acc:.2f} %", flush=True),
     )
     print(result.summary())
+    return 0
+
+
+def _evaluate_run(args: argparse.Namespace) -> int:
+    """A run's sets: train the students it lacks (each stored as it finishes), print what is stored."""
+    from curator.evalsets import SETS
+    from curator.evaluation import evaluate_run, evaluation_table
+    from curator.store import RunStore
+
+    sets = list(SETS) if args.sets in ("all",) else (args.sets or "curated").split(",")
+    store = RunStore.open(args.path)
+    last = {}
+
+    def progress(p) -> None:
+        key = (p.set_name, p.seed)
+        if last.get("key") != key:
+            print(f"  {p.set_name} seed {p.seed}: student {p.done + 1} of {p.total} ({p.student}, {p.epochs} epochs)",
+                  flush=True)  # fmt: skip
+            last["key"] = key
+
+    try:
+        records = evaluate_run(
+            store, sets=[s.strip() for s in sets], protocol=args.protocol, student=args.student,
+            seeds=args.seeds, temperature=args.temperature, epochs=args.epochs, device=args.device, flip=args.flip,
+            train=not args.show, progress=progress,
+        )  # fmt: skip
+        print(f"run {store.run_id}: top-1 on the real test split")
+        print(evaluation_table(records))
+    except KeyboardInterrupt:
+        print("interrupted; finished students are stored: the same command continues", file=sys.stderr)
+        return 130
+    finally:
+        store.close()
     return 0
 
 
@@ -416,9 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("evaluate", help="train students on a distilled set, report top-1 on the real test split")
-    p.add_argument("path", help="run folder, export, or ImageFolder (then --test-data is needed)")
-    p.add_argument("--student", default="convnet", choices=("convnet",), help="student network (default convnet)")
+    p.add_argument("path", help="run folder (results kept in it), export, or ImageFolder (then --test-data)")
+    p.add_argument(
+        "--sets",
+        default=None,
+        help="a run's sets, comma-separated: curated, automatic, unrefined, random_real, or all (default curated)",
+    )
+    p.add_argument("--protocol", default="hard", help="hard (labels) or soft (the run's detector's probabilities)")
+    p.add_argument("--temperature", type=float, default=4.0, help="soft labels: distillation temperature (default 4)")
+    p.add_argument("--student", default="convnet", help="convnet (ConvNet-3) or a timm model name, e.g. resnet10t")
     p.add_argument("--seeds", type=int, default=3, help="students trained, seeds 0..N-1 (default 3)")
+    p.add_argument("--show", action="store_true", help="a run: print the stored results, train nothing")
     p.add_argument("--epochs", type=int, default=None, help="default: about 300 SGD steps (300 epochs <= 256 images)")
     p.add_argument(
         "--test-data",

@@ -1,173 +1,67 @@
-"""Evaluation, the field's yardstick: train a fresh student on a distilled set, test it on real data.
+"""Evaluation, the field's yardstick: train fresh students on a distilled set, test them on real data.
 
-``python -m curator evaluate PATH --student convnet --seeds 3`` where PATH is
+**A run** (``evaluate_run``; ``python -m curator evaluate RUN --sets all --protocol soft --student
+resnet10t --seeds 3``): the sets of ``curator.evalsets`` (curated, automatic, unrefined,
+random_real), each trained with a protocol (``hard`` labels, or ``soft`` labels distilled from the
+run's detector at a temperature) and a student (``convnet`` or a timm model name,
+``curator.students``), one student per seed, tested on the real test split of the run's dataset
+(``RunConfig.data``, split with the run's ``test_fraction`` and ``seed``). Results stay with the
+run (``curator.store``'s evaluation tables): each student is committed as it finishes, so a kill
+loses at most the student in training, and the same call resumes with the missing seeds only. An
+evaluation is ``complete`` only when all its seeds are stored; ``evaluation_table`` prints what is
+stored, for the CLI and the app alike.
 
-* a **run folder** (``run.sqlite``): its curated set (``review.final_set``: passed originals and
-  picked candidates, unresolved and dropped anomalies left out), tested on the real test split of
-  the run's dataset (``RunConfig.data``, split with the run's ``test_fraction`` and ``seed``);
+**An export or an ImageFolder** (``load_eval_set`` + ``evaluate_set``; hard labels, nothing stored):
+
 * an **export** (``run.json`` + ``OUT/<class>/*.png``): every image in the class folders, tested
   on the test split of ``run.json["parameters"]["data"]``, split the same way;
 * any other **ImageFolder** (``root/<class>/*``): every image is training data, and
   ``--test-data`` (``mnist5k`` or a dataset path) names the dataset whose test split is used, split
   as ``curator.data.load_dataset`` splits it (its ``test/`` folder, or a seeded 20% per class).
 
-``--test-data`` also overrides the dataset of a run or an export (e.g. when its path moved).
-Classes are matched by **name**, so a distilled set may cover a subset of the test classes.
+``--test-data`` also overrides the dataset of an export (e.g. when its path moved). Classes are
+matched by **name**, so a distilled set may cover a subset of the test classes.
 
-Protocol (DC, Zhao et al. 2021; DM, Zhao & Bilen 2023): the "ConvNet-3" student, 3 blocks of
-conv 3x3 with 128 channels, instance norm (``GroupNorm(128, 128)``), ReLU, 2x2 average pooling,
-then one linear layer. SGD (lr 0.01, momentum 0.9, weight decay 5e-4), the learning rate divided
-by 10 at half the epochs, minibatches of 256 (full batch for smaller sets), about 300 SGD steps
-(300 epochs up to 256 images, 150 at 500: ``default_epochs``), cross-entropy, and
-per-batch random shift (up to 1/8 of the side), rotation (up to 15 degrees) and scale (0.9..1.1);
-no flips unless asked (digits are not mirror-symmetric). Each seed draws its own initialisation
-and augmentation; top-1 is reported as mean and population std (``np.std``) over seeds, in percent.
-Runs on CUDA when present, else the CPU. Measured on one core of the 2-core machine (the other
-core busy): a student takes about 17 s at IPC 1 and 360 s at IPC 10 on mnist5k.
+The protocol's details (DC, Zhao et al. 2021; DM, Zhao & Bilen 2023; SRe2L and RDED for soft
+labels) are in ``curator.students``. Top-1 is reported as mean and population std (``np.std``)
+over seeds, in percent. Runs on CUDA when present, else the CPU. Measured on one core of the
+2-core machine (the other core busy): a ConvNet-3 student takes about 17 s at IPC 1 and 360 s at
+IPC 10 on mnist5k.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torch import nn
 
-from curator.data import IMAGE_EXTENSIONS, DataError, ImageSet, load_dataset
+from curator.data import IMAGE_EXTENSIONS, DataError, Dataset, ImageSet, load_dataset
+from curator.errors import ConfigError
+from curator.evalsets import SET_TITLES, SETS, TrainSet, build_set, check_set_names, run_dataset
+from curator.store import EvaluationRecord, RunStore, add_student_result, evaluations, start_evaluation
+from curator.students import (  # noqa: F401  (re-exported: the evaluation API of earlier versions)
+    BATCH_SIZE,
+    DEFAULT_TEMPERATURE,
+    PROTOCOLS,
+    TRAIN_STEPS,
+    ConvNet,
+    augment,
+    build_student,
+    check_student,
+    default_epochs,
+    detector_teacher,
+    score_student,
+    top1_accuracy,
+    train_student,
+)
 from curator.training import pick_device
-
-STUDENTS = ("convnet",)
-BATCH_SIZE = 256
-TRAIN_STEPS = 300  # SGD steps of the protocol's default length (see ``default_epochs``)
-
-
-def default_epochs(n_images: int, batch_size: int = BATCH_SIZE) -> int:
-    """Epochs for about ``TRAIN_STEPS`` SGD steps: 300 epochs (full batch) up to 256 images,
-    fewer for larger sets (150 at 500 images). DC/DM train 1,000 epochs; measured on mnist5k at
-    IPC 1, 1,000 epochs gave the same accuracy as 300 at 3.5x the time."""
-    batches = max(1, math.ceil(n_images / batch_size))
-    return max(1, math.ceil(TRAIN_STEPS / batches))
-
-
-# --- the student -------------------------------------------------------------------------------
-class ConvNet(nn.Module):
-    """DC/DM ConvNet: ``depth`` x [conv 3x3 ``width``, instance norm, ReLU, avg-pool 2x2] + linear.
-
-    As in the DC reference code, a 1-channel 28-pixel input gets padding 3 in the first conv
-    (28 -> 32), so the three poolings leave a 4x4 map.
-    """
-
-    def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 128, depth: int = 3):
-        super().__init__()
-        layers: list[nn.Module] = []
-        size, c_in = image_size, channels
-        for d in range(depth):
-            pad = 3 if (d == 0 and channels == 1 and image_size == 28) else 1
-            layers += [
-                nn.Conv2d(c_in, width, 3, padding=pad),
-                nn.GroupNorm(width, width, affine=True),
-                nn.ReLU(inplace=True),
-                nn.AvgPool2d(2),
-            ]
-            size = (size + 2 * pad - 2) // 2
-            c_in = width
-        if size < 1:
-            raise DataError(f"images of {image_size} pixels are too small for a depth-{depth} ConvNet")
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(width * size * size, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
-
-
-def build_student(name: str, channels: int, num_classes: int, image_size: int) -> nn.Module:
-    if name != "convnet":
-        raise ValueError(f"unknown student {name!r}; available: {', '.join(STUDENTS)}")
-    return ConvNet(channels, num_classes, image_size)
-
-
-# --- training and testing ----------------------------------------------------------------------
-def augment(x: torch.Tensor, gen: torch.Generator, flip: bool = False) -> torch.Tensor:
-    """Random shift (up to 1/8 of the side), rotation (up to 15 deg) and scale (0.9..1.1) per image,
-    one batched ``grid_sample``; mirror flips only when ``flip``. Empty borders are black (0)."""
-    n = len(x)
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(15)
-    scale = 1 + (torch.rand(n, generator=gen) * 2 - 1) * 0.1
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.25  # grid units: [-1, 1] spans the side
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    sx = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
-    row0 = torch.stack([cos * sx, -sin, shift[:, 0]], 1)
-    row1 = torch.stack([sin * sx, cos, shift[:, 1]], 1)
-    theta = torch.stack([row0, row1], 1)
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x - 0.5) / 0.5
-
-
-def train_student(
-    images: torch.Tensor,
-    labels: np.ndarray,
-    num_classes: int,
-    *,
-    student: str = "convnet",
-    seed: int = 0,
-    epochs: int | None = None,
-    batch_size: int = BATCH_SIZE,
-    lr: float = 0.01,
-    flip: bool = False,
-    device: torch.device | str = "cpu",
-) -> nn.Module:
-    """Train a fresh student on ``images`` [N, C, H, W] in [0, 1] with class indices ``labels``.
-
-    ``epochs`` None means ``default_epochs(len(images))``."""
-    if len(images) == 0:
-        raise DataError("the training set is empty: nothing to train a student on")
-    epochs = default_epochs(len(images), batch_size) if epochs is None else epochs
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = build_student(student, images.shape[1], num_classes, images.shape[-1]).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [epochs // 2], 0.1)
-    x_all, y_all = images.float(), torch.as_tensor(labels, dtype=torch.long)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x_all), generator=gen)
-        for lo in range(0, len(perm), batch_size):
-            idx = perm[lo : lo + batch_size]
-            x = _normalize(augment(x_all[idx], gen, flip)).to(device)
-            loss = F.cross_entropy(model(x), y_all[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def top1_accuracy(model: nn.Module, test: ImageSet, batch_size: int = 500) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` on ``test``."""
-    model.eval()
-    device = next(model.parameters()).device
-    hits = 0
-    for lo in range(0, len(test), batch_size):
-        x = _normalize(test.load(np.arange(lo, min(lo + batch_size, len(test))))).to(device)
-        hits += int((model(x).argmax(1).cpu().numpy() == test.labels[lo : lo + batch_size]).sum())
-    return hits / max(1, len(test))
 
 
 # --- what to evaluate --------------------------------------------------------------------------
@@ -246,7 +140,6 @@ def _read_folder(root: Path, size: int | None) -> tuple[torch.Tensor, list[str],
 
 def _run_images(path: Path) -> tuple[torch.Tensor, list[str], dict]:
     from curator.review import final_set
-    from curator.store import RunStore
 
     store = RunStore.open(path)
     try:
@@ -327,6 +220,7 @@ def evaluate_set(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("seeds must be at least 1")
+    check_student(student)
     dev = pick_device(device)
     epochs = default_epochs(len(es.images)) if epochs is None else epochs
     t0, accs = time.time(), []
@@ -338,3 +232,165 @@ def evaluate_set(
         if progress:
             progress(s, accs[-1])
     return EvalResult(accs, student, epochs, len(es.images), len(es.test), time.time() - t0, seed_list)
+
+
+# --- a run's sets, stored with the run ---------------------------------------------------------
+@dataclass(frozen=True)
+class StudentProgress:
+    """Where an evaluation is: the student of ``set_name`` and ``seed`` has finished ``epoch`` of
+    ``epochs``; ``done`` of ``total`` students of the call are finished before it."""
+
+    set_name: str
+    student: str
+    seed: int
+    epoch: int
+    epochs: int
+    done: int
+    total: int
+
+
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """``seeds`` as a list: a count N means seeds 0..N-1."""
+    out = list(range(seeds)) if isinstance(seeds, int) else sorted({int(s) for s in seeds})
+    if not out:
+        raise ConfigError("seeds must be at least 1")
+    return out
+
+
+def _check_protocol(protocol: str, temperature: float) -> float:
+    """The temperature stored with the evaluation: ``temperature`` for soft labels, 0 for hard."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
+    if protocol == "soft" and not temperature > 0:
+        raise ConfigError(f"the temperature must be above 0, got {temperature}")
+    return float(temperature) if protocol == "soft" else 0.0
+
+
+def run_teacher(store: RunStore, device: torch.device | str = "cpu", detector=None):
+    """The run's detector (``RunConfig.detector``, or ``detector`` when given) as a soft-label teacher."""
+    from curator.models.detector import Detector
+
+    det = detector if detector is not None else Detector.load(store.config.detector, device)
+    det.to(device)
+    return detector_teacher(det, store.class_names)
+
+
+def _find(store: RunStore, ts: TrainSet, protocol: str, student: str, temperature: float, epochs: int, flip: bool):
+    for rec in evaluations(store):
+        if (rec.set_name, rec.set_digest, rec.protocol, rec.student, rec.temperature, rec.epochs, rec.flip) == (
+            ts.name, ts.digest, protocol, student, temperature, epochs, flip,
+        ):  # fmt: skip
+            return rec
+    return None
+
+
+def evaluate_run(
+    store: RunStore,
+    *,
+    sets: Sequence[str] = ("curated",),
+    protocol: str = "hard",
+    student: str = "convnet",
+    seeds: int | Sequence[int] = 3,
+    temperature: float = DEFAULT_TEMPERATURE,
+    epochs: int | None = None,
+    device: str = "auto",
+    flip: bool = False,
+    train: bool = True,
+    data: Dataset | None = None,
+    detector=None,
+    progress: Callable[[StudentProgress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> list[EvaluationRecord]:
+    """Evaluate ``sets`` of the run (``curator.evalsets.SETS``) and return their stored records, in
+    ``SETS`` order.
+
+    Each (set content, protocol, student, temperature, epochs, flip) is one stored evaluation; ``seeds``
+    join its asked seeds, and only the students it lacks are trained, each committed as it
+    finishes. ``train`` False trains nothing and returns what is stored for the current sets.
+    ``epochs`` None means ``default_epochs`` of the set's size. Soft labels come from ``detector``
+    (default: the run's, loaded from ``RunConfig.detector``). ``progress`` gets a
+    ``StudentProgress`` after each epoch; ``cancel()`` is checked before each step and raises
+    ``curator.engine.Cancelled`` (finished students stay stored)."""
+    names = check_set_names(list(sets))
+    check_student(student)
+    temp = _check_protocol(protocol, temperature)
+    asked = seed_list(seeds)
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"epochs must be at least 1, got {epochs}")
+    dev = pick_device(device)
+    data = data or run_dataset(store)
+    # the teacher before anything is written: a missing detector stores no empty evaluation
+    teacher = run_teacher(store, dev, detector) if protocol == "soft" and train else None
+    built = [build_set(store, n, data) for n in names]
+    for ts in built:
+        if len(ts) == 0:
+            raise DataError(f"the {ts.name} set of run {store.run_id} is empty: nothing to train a student on")
+    plans = []
+    for ts in built:
+        ep = epochs or default_epochs(len(ts))
+        if train:
+            eid = start_evaluation(
+                store, set_name=ts.name, set_digest=ts.digest, protocol=protocol, student=student,
+                temperature=temp, epochs=ep, seeds=asked, n_train=len(ts), n_test=len(data.test),
+                class_names=data.class_names, flip=flip,
+            )  # fmt: skip
+            plans.append((ts, ep, eid, evaluations(store, eid)[0].missing_seeds))
+        else:
+            rec = _find(store, ts, protocol, student, temp, ep, flip)
+            plans.append((ts, ep, None if rec is None else rec.id, []))
+    total = sum(len(todo) for *_, todo in plans)
+    done = 0
+    for ts, ep, eid, todo in plans:
+        for seed in todo:
+            def on_epoch(epoch: int, epochs_: int, seed: int = seed, name: str = ts.name, before: int = done) -> None:
+                if progress is not None:
+                    progress(StudentProgress(name, student, seed, epoch, epochs_, before, total))
+
+            t0 = time.time()
+            model = train_student(
+                ts.images, ts.labels, len(data.class_names), student=student, seed=seed, epochs=ep, flip=flip,
+                device=dev, teacher=teacher, temperature=temp or DEFAULT_TEMPERATURE, progress=on_epoch,
+                cancel=cancel,
+            )  # fmt: skip
+            scores = score_student(model, data.test, len(data.class_names))
+            add_student_result(store, eid, seed, scores.accuracy, scores.confusion, time.time() - t0, str(dev))
+            done += 1
+    by_id = {r.id: r for r in evaluations(store)}
+    return [by_id[eid] for _, _, eid, _ in plans if eid is not None]
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:.1f}"
+
+
+def evaluation_table(records: Sequence[EvaluationRecord], per_class: bool = True) -> str:
+    """Stored evaluations as text: one line each (set, protocol, student, seeds done of asked,
+    status, top-1 mean ± std in %, each seed's top-1, seconds per student), then the per-class
+    accuracy (%) of each evaluation. The CLI prints it; the numbers are the store's."""
+    if not records:
+        return "no evaluations stored"
+    head = f"{'set':<32} {'protocol':<10} {'student':<12} {'images':>6} {'seeds':>6} {'status':<9} " \
+           f"{'top-1 %':>12}  per seed %             s/student"  # fmt: skip
+    lines = [head]
+    for r in records:
+        proto = r.protocol if r.protocol == "hard" else f"soft T={r.temperature:g}"
+        per_seed = ", ".join(f"{s.seed}: {_pct(s.accuracy)}" for s in r.students) or "-"
+        top = f"{_pct(r.mean)} ± {_pct(r.std)}" if r.students else "-"
+        secs = f"{r.seconds / len(r.students):.1f}" if r.students else "-"
+        lines.append(
+            f"{SET_TITLES.get(r.set_name, r.set_name):<32} {proto:<10} {r.student:<12} {r.n_train:>6} "
+            f"{len(r.students):>2}/{len(r.seeds):<3} {r.status:<9} {top:>12}  {per_seed:<22} {secs:>9}"
+        )
+    if per_class:
+        names = " ".join(f"{n[:6]:>6}" for n in records[0].class_names)
+        lines += ["", "per-class top-1 % (all finished seeds)", f"{'set':<32} {names}"]
+        for r in records:
+            cells = " ".join(f"{_pct(a):>6}" for a in r.per_class)
+            lines.append(f"{SET_TITLES.get(r.set_name, r.set_name):<32} {cells}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "SETS", "EvalResult", "EvalSet", "StudentProgress", "evaluate_run", "evaluate_set", "evaluation_table",
+    "load_eval_set", "seed_list",
+]  # fmt: skip

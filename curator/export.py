@@ -4,11 +4,14 @@ Layout::
 
     OUT/<class name>/<file>.png
     OUT/metadata.parquet  file_name, label, class_name, source, prototype_id, seed, confidence,
-                          uniqueness, score, decision, run_id (one row per image); its schema carries
-                          the Hugging Face features (``label`` a ``ClassLabel``); ``decision`` is
+                          uniqueness, score, decision, run_id (one row per image), and
+                          ``probabilities``: the detector's softmax over run.json's ``class_names``
+                          (float32, one per class, in that order: soft labels); its schema carries
+                          the Hugging Face features (``label`` a ``ClassLabel``, ``probabilities`` a
+                          ``List(Value("float32"), length=K)``); ``decision`` is
                           ``review.PASSED`` or the anomaly's state (``review.DECISION_STATES``)
     OUT/provenance.csv    the same rows as CSV, for people and pandas (a name ``datasets`` and
-                          ImageFolder ignore)
+                          ImageFolder ignore), without the probabilities
     OUT/run.json          "format": "curator-export/1" (the marker), the run's id, parameters, class
                           names, the export's label names, missing (unfinished) classes and per-class
                           summary; no wall-clock fields, so an export depends on the run's content only
@@ -67,6 +70,10 @@ COLUMNS = [
     "decision",
     "run_id",
 ]
+# metadata.parquet only (not the CSV): the detector's class probabilities, stored at inspection
+# (``store.image_probs``); a run stored before they were kept gets them from its detector at export.
+PROBS = "probabilities"
+METADATA_COLUMNS = [*COLUMNS, PROBS]
 # Hugging Face dtypes of the columns; file_name becomes the "image" column, label a class_label.
 COLUMN_DTYPES = {
     "class_name": "string",
@@ -160,29 +167,56 @@ def hf_features(out: str | Path):
     import datasets
 
     info = json.loads((Path(out) / MARKER).read_text())
-    columns = _metadata_features(info["label_names"])
+    columns = _metadata_features(info["label_names"], len(info["class_names"]))
     del columns["file_name"]  # datasets turns it into the image column
     return datasets.Features.from_dict({"image": {"_type": "Image"}, **columns})
 
 
-def _metadata_features(label_names: list[str]) -> dict:
+def _metadata_features(label_names: list[str], n_classes: int) -> dict:
     """metadata.parquet's columns as ``datasets.Features.to_dict()`` writes them (file_name a string)."""
     return {
         "file_name": {"dtype": "string", "_type": "Value"},
         "label": {"names": list(label_names), "_type": "ClassLabel"},
         **{k: {"dtype": v, "_type": "Value"} for k, v in COLUMN_DTYPES.items()},
+        PROBS: {"feature": {"dtype": "float32", "_type": "Value"}, "length": int(n_classes), "_type": "List"},
     }
 
 
-def _write_metadata(rows: list[dict], label_names: list[str], path: Path) -> None:
+def _write_metadata(rows: list[dict], label_names: list[str], n_classes: int, path: Path) -> None:
     """metadata.parquet with the Hugging Face features in its schema metadata, as ``datasets`` writes
     them (``Features.from_arrow_schema`` reads ``label`` back as a ``ClassLabel``). No timestamps and
     fixed settings: the same rows give the same bytes."""
     import datasets
 
-    schema = datasets.Features.from_dict(_metadata_features(label_names)).arrow_schema
-    table = pa.Table.from_pydict({c: [r[c] for r in rows] for c in COLUMNS}, schema=schema)
+    schema = datasets.Features.from_dict(_metadata_features(label_names, n_classes)).arrow_schema
+    table = pa.Table.from_pydict({c: [r[c] for r in rows] for c in METADATA_COLUMNS}, schema=schema)
     pq.write_table(table, path, compression="snappy", use_dictionary=True, write_statistics=True)
+
+
+def _probabilities(store: RunStore, records: list) -> dict:
+    """{image id: the detector's class probabilities [K] float32}: stored at inspection; for a run
+    stored before they were kept, computed now from the stored images with the run's detector
+    (left out, so the column is null, when that detector cannot be loaded or does not fit the run)."""
+    from curator.store import image_probs
+
+    out = image_probs(store, [r.id for r in records])
+    todo = [r for r in records if r.id not in out]
+    if todo:
+        import numpy as np
+        import torch
+
+        from curator.errors import USER_ERRORS
+        from curator.models.detector import Detector
+
+        try:
+            det = Detector.load(store.config.detector)
+        except USER_ERRORS:
+            return out
+        if det.num_classes != len(store.class_names):
+            return out
+        probs = det.inspect(torch.stack([store.load_image(r) for r in todo])).probs
+        out.update({r.id: np.asarray(p, np.float32) for r, p in zip(todo, probs)})
+    return out
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -193,6 +227,7 @@ def _write(store: RunStore, out: Path, missing: list[str]) -> None:
     items = [(label, names[label], item) for label in labels for item in final_set(store, label)]
     label_names = sorted({name for _, name, _ in items})
     order = {name: i for i, name in enumerate(label_names)}
+    probs = _probabilities(store, [item.image for _, _, item in items])
     rows = []
     for label, name, item in items:
         r = item.image
@@ -214,10 +249,11 @@ def _write(store: RunStore, out: Path, missing: list[str]) -> None:
                 "score": r.score,
                 "decision": item.decision,
                 "run_id": store.run_id,
+                PROBS: None if r.id not in probs else probs[r.id].tolist(),
             }
         )
-    _write_metadata(rows, label_names, out / METADATA)
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(out / PROVENANCE, index=False)
+    _write_metadata(rows, label_names, len(names), out / METADATA)
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(out / PROVENANCE, index=False)  # no probabilities: for people
     summary = []
     for s in summarize(store):
         d = asdict(s)
@@ -247,6 +283,7 @@ def _card(info: dict) -> str:
             {"name": "image", "dtype": "image"},
             {"name": "label", "dtype": {"class_label": {"names": names}}},
             *({"name": k, "dtype": v} for k, v in COLUMN_DTYPES.items()),
+            {"name": PROBS, "list": "float32", "length": len(info["class_names"])},
         ]
 
     meta = {
@@ -277,7 +314,9 @@ def _card(info: dict) -> str:
         "    datasets.load_dataset('imagefolder', data_dir=OUT, split='train')   # typed by metadata.parquet\n\n"
         f"`{METADATA}` (typed, for datasets) and `{PROVENANCE}` (the same rows, for people) have one row\n"
         "per image (provenance, detector confidence, uniqueness, score, decision); `run.json` has the\n"
-        "run's parameters and per-class summary.\n"
+        "run's parameters and per-class summary.\n\n"
+        f"`{PROBS}` (in `{METADATA}` only) holds the detector's class probabilities of each image, in the\n"
+        f"order of `run.json`'s `class_names` ({', '.join(info['class_names'])}): soft labels for distillation.\n"
     )
 
 

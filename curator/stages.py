@@ -72,6 +72,7 @@ class Inspected:
     predicted: int
     reason: str | None  # label_mismatch | low_confidence | None; only synthetic images are flagged
     feature: np.ndarray  # penultimate detector feature [D], float32
+    probs: np.ndarray | None = None  # detector softmax over the run's classes [K], float32 (exported)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def inspect(detector: Detector, images: torch.Tensor, jobs: Sequence[Job], tau: 
     reasons = anomaly_reasons(insp.probs, labels, tau)
     return tuple(
         Inspected(float(insp.probs[i, j.label]), int(insp.predicted[i]), reasons[i] if j.round == 0 else None,
-                  insp.features[i])
+                  insp.features[i], np.asarray(insp.probs[i], np.float32))
         for i, j in enumerate(jobs)
     )  # fmt: skip
 

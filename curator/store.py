@@ -702,3 +702,212 @@ class _Transaction:
                     f"free some space, then resume it (python -m curator run --resume {self.path})"
                 ) from exc
         return False
+
+
+# === evaluations (issue 19): students trained on a run's sets, kept with the run ===================
+# A separate block: its tables are made on the first write (``_ensure_evaluation_tables``), so a run
+# stored before they existed opens unchanged and simply has no evaluations. One ``evaluations`` row
+# per (set content, protocol, student, temperature, epochs, flips); one ``evaluation_students`` row per
+# finished student, committed when it finishes. Status is derived from these rows, never stored:
+# an evaluation is complete only when every asked seed has its row.
+EVALUATION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY, set_name TEXT NOT NULL, set_digest TEXT NOT NULL, protocol TEXT NOT NULL,
+    student TEXT NOT NULL, temperature REAL NOT NULL, epochs INTEGER NOT NULL, flip INTEGER NOT NULL,
+    seeds TEXT NOT NULL, n_train INTEGER NOT NULL, n_test INTEGER NOT NULL, class_names TEXT NOT NULL,
+    created REAL NOT NULL, UNIQUE(set_name, set_digest, protocol, student, temperature, epochs, flip));
+CREATE TABLE IF NOT EXISTS evaluation_students (
+    evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE, seed INTEGER NOT NULL,
+    accuracy REAL NOT NULL, confusion TEXT NOT NULL, seconds REAL NOT NULL, device TEXT NOT NULL,
+    finished REAL NOT NULL, PRIMARY KEY(evaluation_id, seed));
+"""
+
+
+@dataclass(frozen=True, eq=False)  # eq: identity (a numpy field has no truth value)
+class StudentRecord:
+    """One trained and tested student: top-1 in [0, 1], the confusion matrix [true, predicted] of
+    test-image counts, its training and testing time in seconds, and where it ran."""
+
+    seed: int
+    accuracy: float
+    confusion: np.ndarray
+    seconds: float
+    device: str
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationRecord:
+    """One evaluation of a run: a set (by name and content digest), a protocol (``hard`` or ``soft``;
+    ``temperature`` 0 for hard), a student, the seeds asked, and the students finished so far."""
+
+    id: int
+    set_name: str
+    set_digest: str
+    protocol: str
+    student: str
+    temperature: float
+    epochs: int
+    flip: bool  # mirror flips in the augmentation
+    seeds: tuple[int, ...]
+    n_train: int
+    n_test: int
+    class_names: tuple[str, ...]
+    students: tuple[StudentRecord, ...]  # finished, by seed
+
+    @property
+    def done_seeds(self) -> list[int]:
+        return [s.seed for s in self.students]
+
+    @property
+    def missing_seeds(self) -> list[int]:
+        done = set(self.done_seeds)
+        return [s for s in self.seeds if s not in done]
+
+    @property
+    def status(self) -> str:
+        """``complete`` when every asked seed has a finished student, else ``partial``."""
+        return "partial" if self.missing_seeds else "complete"
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [s.accuracy for s in self.students]
+
+    @property
+    def mean(self) -> float:
+        """Mean top-1 in [0, 1] over finished students (NaN when none)."""
+        return float(np.mean(self.accuracies)) if self.students else float("nan")
+
+    @property
+    def std(self) -> float:
+        """Population std (``np.std``) of top-1 over finished students (NaN when none)."""
+        return float(np.std(self.accuracies)) if self.students else float("nan")
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """The finished students' confusion matrices, summed [true, predicted]."""
+        k = len(self.class_names)
+        return sum((s.confusion for s in self.students), np.zeros((k, k), dtype=np.int64))
+
+    @property
+    def per_class(self) -> np.ndarray:
+        """Accuracy of each true class in [0, 1] over the finished students (NaN: no test image)."""
+        c = self.confusion.astype(np.float64)
+        rows = c.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(rows > 0, np.diag(c) / np.maximum(rows, 1), np.nan)
+
+    @property
+    def seconds(self) -> float:
+        """Time of all finished students, in seconds."""
+        return float(sum(s.seconds for s in self.students))
+
+
+def _ensure_evaluation_tables(store: RunStore) -> None:
+    """Make the tables once (``executescript`` commits, so never inside a transaction)."""
+    if not _has_evaluation_tables(store):
+        store.db.executescript(EVALUATION_SCHEMA)
+
+
+def _has_evaluation_tables(store: RunStore) -> bool:
+    row = store.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='evaluation_students'").fetchone()
+    return row is not None
+
+
+def start_evaluation(
+    store: RunStore, *, set_name: str, set_digest: str, protocol: str, student: str, temperature: float,
+    epochs: int, seeds: Sequence[int], n_train: int, n_test: int, class_names: Sequence[str], flip: bool = False,
+) -> int:  # fmt: skip
+    """The id of the evaluation with this key, made if new; its asked seeds become the union of the
+    stored ones and ``seeds`` (a resume or a request for more seeds keeps what is done)."""
+    _ensure_evaluation_tables(store)
+    key = (set_name, set_digest, protocol, student, float(temperature), int(epochs), int(bool(flip)))
+    with store.transaction():
+        row = store.db.execute(
+            "SELECT id, seeds FROM evaluations WHERE set_name=? AND set_digest=? AND protocol=? AND student=? "
+            "AND temperature=? AND epochs=? AND flip=?", key,
+        ).fetchone()  # fmt: skip
+        if row is None:
+            cur = store.db.execute(
+                "INSERT INTO evaluations(set_name, set_digest, protocol, student, temperature, epochs, flip, seeds, "
+                "n_train, n_test, class_names, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*key, json.dumps(sorted({int(s) for s in seeds})), int(n_train), int(n_test),
+                 json.dumps(list(class_names)), time.time()),
+            )  # fmt: skip
+            return int(cur.lastrowid)
+        merged = sorted(set(json.loads(row[1])) | {int(s) for s in seeds})
+        store.db.execute("UPDATE evaluations SET seeds=? WHERE id=?", (json.dumps(merged), row[0]))
+        return int(row[0])
+
+
+def add_student_result(
+    store: RunStore, evaluation_id: int, seed: int, accuracy: float, confusion: np.ndarray, seconds: float,
+    device: str,
+) -> None:  # fmt: skip
+    """Record one finished student (committed before returning: a later kill keeps it)."""
+    _ensure_evaluation_tables(store)
+    with store.transaction():
+        store.db.execute(
+            "INSERT INTO evaluation_students(evaluation_id, seed, accuracy, confusion, seconds, device, finished) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(evaluation_id, seed) DO UPDATE SET accuracy=excluded.accuracy, "
+            "confusion=excluded.confusion, seconds=excluded.seconds, device=excluded.device, "
+            "finished=excluded.finished",
+            (int(evaluation_id), int(seed), float(accuracy), json.dumps(np.asarray(confusion).astype(int).tolist()),
+             float(seconds), str(device), time.time()),
+        )  # fmt: skip
+
+
+def evaluations(store: RunStore, evaluation_id: int | None = None) -> list[EvaluationRecord]:
+    """The run's evaluations (oldest first), or the one with ``evaluation_id``; empty for a run
+    stored before evaluations were kept (nothing is written by reading)."""
+    if not _has_evaluation_tables(store):
+        return []
+    where, args = ("WHERE id=?", (evaluation_id,)) if evaluation_id is not None else ("", ())
+    rows = store.db.execute(
+        "SELECT id, set_name, set_digest, protocol, student, temperature, epochs, flip, seeds, n_train, n_test, "
+        f"class_names FROM evaluations {where} ORDER BY id", args,
+    ).fetchall()  # fmt: skip
+    students: dict[int, list[StudentRecord]] = {}
+    for eid, seed, acc, conf, secs, dev in store.db.execute(
+        "SELECT evaluation_id, seed, accuracy, confusion, seconds, device FROM evaluation_students ORDER BY seed"
+    ):
+        students.setdefault(eid, []).append(StudentRecord(seed, acc, np.asarray(json.loads(conf), np.int64), secs, dev))
+    return [
+        EvaluationRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), tuple(json.loads(r[8])), r[9], r[10],
+                         tuple(json.loads(r[11])), tuple(students.get(r[0], ())))
+        for r in rows
+    ]  # fmt: skip
+
+
+# --- the detector's class probabilities of each image (exported for soft labels) ----------------
+# Written at inspection, in the transaction that stores the image; a run stored before has none
+# (``image_probs`` returns what there is, and the export computes the rest with the run's detector).
+IMAGE_PROBS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS image_probs (image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE, "
+    "probs BLOB NOT NULL)"
+)
+
+
+def set_image_probs(store: RunStore, probs: Sequence[tuple[int, np.ndarray]]) -> None:
+    """Store (image id, softmax over the run's classes [K]) pairs, float32; joins an open transaction."""
+    if not probs:
+        return
+    with store.transaction():
+        store.db.execute(IMAGE_PROBS_TABLE)  # one statement: safe inside the caller's transaction
+        store.db.executemany(
+            "INSERT INTO image_probs(image_id, probs) VALUES (?, ?) "
+            "ON CONFLICT(image_id) DO UPDATE SET probs=excluded.probs",
+            [(int(i), to_blob(p)) for i, p in probs],
+        )
+
+
+def image_probs(store: RunStore, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    """{image id: stored class probabilities [K] (float32)} for those of ``image_ids`` that have them."""
+    if store.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='image_probs'").fetchone() is None:
+        return {}
+    wanted = [int(i) for i in image_ids]
+    out: dict[int, np.ndarray] = {}
+    for lo in range(0, len(wanted), 500):
+        part = wanted[lo : lo + 500]
+        q = f"SELECT image_id, probs FROM image_probs WHERE image_id IN ({','.join('?' * len(part))})"
+        out.update({int(i): from_blob(b) for i, b in store.db.execute(q, part)})
+    return out

@@ -15,7 +15,17 @@ from torchvision.datasets import ImageFolder
 from curator.cli import main as cli_main
 from curator.config import RunConfig
 from curator.engine import LocalEngine
-from curator.export import COLUMNS, FORMAT, METADATA, PROVENANCE, UnfinishedRunError, export_run, hf_features
+from curator.export import (
+    COLUMNS,
+    FORMAT,
+    METADATA,
+    METADATA_COLUMNS,
+    PROBS,
+    PROVENANCE,
+    UnfinishedRunError,
+    export_run,
+    hf_features,
+)
 from curator.review import DECISION_STATES, REVIEWED_STATES, final_set, user_decide
 
 
@@ -66,8 +76,8 @@ def test_export_round_trip_through_torchvision(tmp_path, finished_run):
     meta = pd.read_csv(folder / PROVENANCE)
     assert list(meta.columns) == COLUMNS
     typed = pd.read_parquet(folder / METADATA)
-    assert list(typed.columns) == COLUMNS and typed.class_name.tolist() == meta.class_name.astype(str).tolist()
-    assert typed.drop(columns="class_name").equals(meta.drop(columns="class_name"))
+    assert list(typed.columns) == METADATA_COLUMNS and typed.class_name.tolist() == meta.class_name.astype(str).tolist()
+    assert typed.drop(columns=["class_name", PROBS]).equals(meta.drop(columns="class_name"))
     assert not (folder / "metadata.csv").exists()  # datasets refuses a CSV next to the Parquet
     expected = sum(len(final_set(store, c)) for c in range(len(store.class_names)))
     assert len(meta) == expected
@@ -233,7 +243,7 @@ def test_hugging_face_datasets_reads_class_labels_and_string_class_names(tmp_pat
     )
     for ds in (by_path, by_dir, told):
         f = ds.features
-        assert f == hf_features(out) and list(f) == ["image", *COLUMNS[1:]]
+        assert f == hf_features(out) and list(f) == ["image", *METADATA_COLUMNS[1:]]
         assert isinstance(f["label"], datasets.ClassLabel) and f["label"].names == ["0", "1"]
         assert f["class_name"] == datasets.Value("string") and f["decision"] == datasets.Value("string")
         assert f["seed"] == datasets.Value("int64") and f["confidence"] == datasets.Value("float64")

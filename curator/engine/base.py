@@ -19,7 +19,7 @@ from curator.models.detector import Detector
 from curator.models.generator import Generator
 from curator.models.loading import check_class_sizes, load_components
 from curator.review import ClassSummary, kept_image, summarize
-from curator.store import GLOBAL_CENTRE, Decision, ImageRecord, NewImage, RunStore, StoreError
+from curator.store import GLOBAL_CENTRE, Decision, ImageRecord, NewImage, RunStore, StoreError, set_image_probs
 
 # (stage, done, total, label); label is None when the step covers several classes at once
 ProgressFn = Callable[[str, int, int, int | None], None]
@@ -248,7 +248,7 @@ class Engine:
         proto_ids = {(p.label, p.idx): p.id for label in labels for p in self.store.prototypes(label)}
         stored = [r for label in labels for r in self.store.synthetic(label)]
         synth = {(r.label, r.prototype_id): r.id for r in stored}
-        new = []
+        new, probs = [], []
         for job, image, insp in zip(item.jobs, item.images, item.inspected):
             pid = proto_ids[job.anomaly]
             parent = synth[(job.label, pid)] if job.round else None
@@ -256,14 +256,17 @@ class Engine:
                 NewImage(job.label, pid, "candidate" if job.round else "synthetic", parent, job.round, job.position,
                          job.seed, image, insp.confidence, insp.predicted, insp.reason, insp.feature)
             )  # fmt: skip
+            probs.append(insp.probs)
         with self.store.transaction():
             if item.stage == "synthesis":
                 have = {r.prototype_id for r in stored}
-                new = [n for n in new if n.prototype_id not in have]  # a retried task sends it again
+                keep = [i for i, n in enumerate(new) if n.prototype_id not in have]  # a retried task sends it again
+                new, probs = [new[i] for i in keep], [probs[i] for i in keep]
             else:
                 for parent, round_ in {(n.parent_id, n.round) for n in new}:
                     self.store.delete_round(parent, round_)  # a round is replaced whole, or not at all
-            self.store.add_images(new)
+            ids = self.store.add_images(new)
+            set_image_probs(self.store, [(i, p) for i, p in zip(ids, probs) if p is not None])
 
     # --- selection -----------------------------------------------------------------------------
     def select(self, label: int) -> None:
