@@ -15,7 +15,8 @@ import pandas as pd
 from curator.config import RunConfig
 from curator.export import COLUMNS as EXPORT_COLUMNS
 from curator.ui import resources, serving, visitors
-from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, PANEL_SIZE, RUN_SIZE, Callbacks
+from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, Callbacks
+from curator.ui.outputs import Panel, RunOutputs
 from curator.ui.plots import COLOR_BY, PLOT_JS
 from curator.ui.resources import AppSettings
 from curator.ui.views import ANOMALY_COLUMNS, CANDIDATE_COLUMNS, OVERVIEW_COLUMNS, OVERVIEW_FILTERS
@@ -147,6 +148,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     with gr.Blocks(title="The curator") as demo:
         state = gr.State({"run": None})
         saved_run = gr.BrowserState(None, storage_key="curator-run")
+        # the tab, class and anomaly in view, kept with the run: a reload reopens there
+        saved_place = gr.BrowserState(None, storage_key="curator-place")
+        pending = gr.State(None)  # an off-class candidate awaiting its second "Use selected"
         gr.Markdown(
             "# The curator\nDetector-guided dataset distillation: synthesise a few images per class, let a "
             "detector flag the wrong ones, pick among K candidates each, review, export.",
@@ -155,16 +159,19 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         run_info = gr.Markdown("No run open: start one in Set-up, or reopen one.", elem_id="run-info")
 
         with gr.Tabs(selected="setup") as tabs:
-            with gr.Tab("Set-up", id="setup"):
+            with gr.Tab("Set-up", id="setup") as setup_tab:
                 gr.Markdown(f"**Device in use:** {resources.device_text()}")
                 with gr.Row():
                     with gr.Column():
                         data_source = gr.Radio(cb.data_sources(), value=DATA_SOURCES[0], label="Dataset")
+                        # only what the chosen source needs is shown (data_source.change below)
                         folder = gr.Textbox(
-                            label="ImageFolder path on the server", placeholder="/data/my_images",
-                            visible=DATA_SOURCES[1] in cb.data_sources(),
+                            label="ImageFolder path on the server", placeholder="/data/my_images", visible=False
+                        )
+                        upload = gr.File(
+                            label="Zip of an ImageFolder (root/<class>/<image>)", file_types=[".zip"],
+                            type="filepath", visible=False,
                         )  # fmt: skip
-                        upload = gr.File(label="…or a zip of an ImageFolder", file_types=[".zip"], type="filepath")
                     with gr.Column():
                         model_source = gr.Radio(
                             cb.model_sources(), value=MODEL_SOURCES[0], label="Models",
@@ -172,15 +179,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                             "(a testbed; assets/generator-early/README.md), not for real distillation.",
                         )  # fmt: skip
                         gen_path = gr.Textbox(
-                            label="Generator folder",
-                            placeholder=d.generator,
-                            visible=MODEL_SOURCES[1] in cb.model_sources(),
-                        )
-                        det_path = gr.Textbox(
-                            label="Detector folder",
-                            placeholder=d.detector,
-                            visible=MODEL_SOURCES[1] in cb.model_sources(),
-                        )
+                            label="Generator folder", placeholder=d.generator, visible=False,
+                            info="Stable Diffusion and DiT folders fill in their own steps, strength and guidance",
+                        )  # fmt: skip
+                        det_path = gr.Textbox(label="Detector folder", placeholder=d.detector, visible=False)
                 with gr.Row():
                     # plain numbers, checked on Start: an out-of-range value is refused with its range
                     ipc = gr.Number(d.ipc, label="IPC (images per class)", precision=0, info="at least 1")
@@ -205,7 +207,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     refresh_btn = gr.Button("↻", scale=0, min_width=50)
                     open_btn = gr.Button("Reopen run", scale=1, elem_id="open-btn")
 
-            with gr.Tab("Curate", id="curate"):
+            with gr.Tab("Curate", id="curate") as curate_tab:
                 with gr.Row(elem_id="run-row"):
                     label = gr.Dropdown(
                         choices=[], label="Class (anomalies, still to review)", scale=3, elem_id="class-dd",
@@ -299,33 +301,57 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 umap_click = gr.Textbox(visible="hidden", elem_id="umap-click")
                 umap_open = gr.Button("open", visible="hidden", elem_id="umap-open-btn")
 
-            with gr.Tab("Export", id="export"):
+            with gr.Tab("Export", id="export") as export_tab:
                 with gr.Row(elem_id="export-row"):
                     export_btn = gr.Button("Export curated set", variant="primary", elem_id="export-btn", scale=0,
                                            min_width=200, size="sm")  # fmt: skip
-                    download = gr.DownloadButton("Download zip", visible=False, elem_id="download-btn", scale=0)
+                    download = gr.DownloadButton(
+                        "Download zip", visible=False, elem_id="download-btn", scale=0, min_width=140, size="sm"
+                    )
                     export_msg = _msg("export-msg")
                 preview = gr.Dataframe(
-                    pd.DataFrame(columns=EXPORT_COLUMNS), label="provenance.csv (first 50 rows)", interactive=False
-                )
+                    pd.DataFrame(columns=EXPORT_COLUMNS), label="provenance.csv (first 50 rows)", interactive=False,
+                    elem_id="export-preview", wrap=True,
+                )  # fmt: skip
 
-        run_outputs = [setup_msg, state, saved_run, runs, label, run_info]
-        assert len(run_outputs) == RUN_SIZE
-        panel = [
-            action_msg,
-            class_gallery,
-            anomaly_table,
-            anomaly_id,
-            anomaly_md,
-            original,
-            prototype,
-            cards,
-            candidate_table,
-            candidate_id,
-            label,
-            queue_md,
-        ]
-        assert len(panel) == PANEL_SIZE
+        # named outputs: the field order of Panel / RunOutputs is the order of these lists (curator.ui.outputs)
+        run_outputs = list(
+            RunOutputs(
+                message=setup_msg,
+                state=state,
+                saved_run=saved_run,
+                runs=runs,
+                picker=label,
+                run_info=run_info,
+                run_message=run_msg,
+                umap_message=umap_msg,
+                class_plot=class_plot,
+                run_plot=umap_plot,
+                umap_info=umap_info,
+                export_message=export_msg,
+                download=download,
+                preview=preview,
+                overview_message=ov_msg,
+                overview=ov_table,
+            )
+        )
+        panel = list(
+            Panel(
+                message=action_msg,
+                gallery=class_gallery,
+                anomalies=anomaly_table,
+                anomaly_id=anomaly_id,
+                anomaly_text=anomaly_md,
+                original=original,
+                prototype=prototype,
+                cards=cards,
+                candidate_table=candidate_table,
+                candidate_id=candidate_id,
+                picker=label,
+                queue=queue_md,
+            )
+        )
+        demo.curator_outputs = {"run": run_outputs, "panel": panel}  # for the wiring test
 
         setup_inputs = [data_source, folder, upload, model_source, gen_path, det_path]
         setup_inputs += [ipc, k, tau, lam, steps, strength, guidance, seed, state, centre]
@@ -336,18 +362,45 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             cb.open_first, [state, label], panel, api_name="show_after_open", api_visibility="private"
         )
         refresh_btn.click(cb.refresh_runs, None, runs, api_visibility="private")
+        setup_tab.select(cb.refresh_runs, None, runs, api_visibility="private")  # progress as it stands now
         demo.load(cb.restore, [saved_run, state], run_outputs, api_visibility="private").then(
-            cb.open_first, [state, label], panel, api_name="show_after_load", api_visibility="private"
-        )
+            cb.open_place, [state, label, saved_place], panel, api_name="show_after_load", api_visibility="private"
+        ).then(cb.place_tab, [state, saved_place], tabs, api_visibility="private")
+
+        # Set-up shows what applies to the chosen sources, and a model's own defaults when it is chosen
+        data_source.change(
+            lambda src: (gr.update(visible=src == DATA_SOURCES[1]), gr.update(visible=src == DATA_SOURCES[2])),
+            data_source, [folder, upload], api_visibility="private", queue=False,
+        )  # fmt: skip
+        model_source.change(
+            lambda src: (gr.update(visible=src == MODEL_SOURCES[1]),) * 2, model_source, [gen_path, det_path],
+            api_visibility="private", queue=False,
+        )  # fmt: skip
+        form_defaults = [setup_msg, steps, strength, guidance]
+        model_source.input(cb.model_defaults, [model_source, gen_path], form_defaults, api_visibility="private")
+        for trigger in (gen_path.blur, gen_path.submit):
+            trigger(cb.model_defaults, [model_source, gen_path], form_defaults, api_visibility="private")
+
+        # where this browser is (tab, class, anomaly), kept with its run
+        anomaly_id.change(
+            lambda s, p, lab, a: cb.remember_place(s, p, lab, a), [state, saved_place, label, anomaly_id],
+            saved_place, api_visibility="private", queue=False,
+        )  # fmt: skip
+        for tab, tab_id in ((setup_tab, "setup"), (curate_tab, "curate"), (overview_tab, "overview"),
+                            (embeddings_tab, "embeddings"), (export_tab, "export")):  # fmt: skip
+            tab.select(lambda s, p, t=tab_id: cb.remember_place(s, p, tab=t), [state, saved_place], saved_place,
+                       api_visibility="private", queue=False)  # fmt: skip
 
         # one device queue: users take turns on the accelerator; progress shows on the job's own line
         gen_kw = dict(concurrency_id="device", concurrency_limit=1)
         run_btn.click(cb.run_class, [state, label], [run_msg] + panel, api_name="run_class",
-                      show_progress_on=[run_msg], **gen_kw)  # fmt: skip
+                      show_progress_on=[run_msg], **gen_kw).then(
+            cb.refresh_runs, None, runs, api_visibility="private"
+        )  # fmt: skip
         run_all_btn.click(cb.run_all, [state, label, anomaly_id], [run_msg] + panel, api_name="run_all",
                           show_progress_on=[run_msg], **gen_kw).then(
             cb.queue_position, [state, anomaly_id], queue_md, api_visibility="private"
-        )  # fmt: skip
+        ).then(cb.refresh_runs, None, runs, api_visibility="private")  # fmt: skip
         cancel_btn.click(cb.cancel, [state], run_msg, api_name="cancel", queue=False)
         regen_btn.click(cb.regenerate, [state, label, anomaly_id], [run_msg] + panel, api_name="regenerate",
                         show_progress_on=[run_msg], **gen_kw)  # fmt: skip
@@ -366,10 +419,13 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             lambda s, lab, a: cb.step_anomaly(s, lab, a, 1), [state, label, anomaly_id], panel, api_name="next_anomaly"
         )
         todo_btn.click(cb.next_unreviewed, [state, label, anomaly_id], panel, api_name="next_unreviewed")
-        cards.click(cb.select_candidate, [state, anomaly_id], [action_msg, candidate_id], api_visibility="private")
+        cards.click(cb.select_candidate, [state, anomaly_id], [action_msg, candidate_id, pending],
+                    api_visibility="private")  # fmt: skip
+        # a candidate of another class is kept on a second press only (the first one says so)
+        choose_btn.click(cb.choose_candidate, [state, label, anomaly_id, candidate_id, pending], panel + [pending],
+                         api_name="choose_candidate")  # fmt: skip
         for btn, action, name in (
             (accept_btn, "accept", "accept_pick"),
-            (choose_btn, "candidate", "choose_candidate"),
             (original_btn, "original", "keep_original"),
             (drop_btn, "drop", "drop_image"),
         ):
@@ -402,7 +458,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         umap_io = ([state, color_by], [umap_msg, umap_plot, umap_info])
         umap_btn.click(**show_run_map).then(cb.embedding, *umap_io, api_name="embedding", **umap_kw)
         color_by.input(**show_run_map).then(cb.embedding, *umap_io, api_visibility="private", **umap_kw)
-        umap_open.click(cb.show_anomaly, [state, label, umap_click], panel, api_visibility="private").then(
+        umap_open.click(cb.open_from_map, [state, label, umap_click], panel, api_visibility="private").then(
             lambda: gr.Tabs(selected="curate"), None, tabs, api_visibility="private"
         )
 

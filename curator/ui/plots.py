@@ -256,8 +256,8 @@ def class_figure(frame: pd.DataFrame, title: str, thumb_url: Callable[[str], str
 # Plotly graph divs inside #class-umap get handlers once (marked data-curator-umap; attached again
 # when plotly re-initialises the div and so drops them). Hovering a point whose customdata[4] is a
 # URL shows that image at the mouse; clicking a point whose customdata[5] is an anomaly id writes
-# it into the textbox inside #umap-click (an "input" event lets Gradio see it) and clicks
-# #umap-open-btn. Missing elements are skipped silently.
+# it (with ":<image id>" for a candidate or a pick) into the textbox inside #umap-click (an
+# "input" event lets Gradio see it) and clicks #umap-open-btn. Missing elements are skipped silently.
 PLOT_JS = """
 (() => {
   if (window.__curatorUmap) return;
@@ -301,7 +301,10 @@ PLOT_JS = """
       const btn = el && (el.tagName === 'BUTTON' ? el : el.querySelector('button') || el);
       if (!input || !btn) return;
       hide();
-      input.value = String(id);
+      const d = data(ev), kind = d[1];
+      // a candidate or a pick opens its anomaly with that candidate selected
+      const own = String(d[0] || '').replace('#', '');  // the run map writes "#12", the class map "12"
+      input.value = (kind === 'candidate' || kind === 'pick') && own ? `${id}:${own}` : String(id);
       input.dispatchEvent(new Event('input', {bubbles: true}));
       btn.click();
     });
