@@ -4,8 +4,10 @@ Layout::
 
     OUT/<class name>/<file>.png
     OUT/metadata.parquet  file_name, label, class_name, source, prototype_id, seed, confidence,
-                          uniqueness, score, decision, run_id (one row per image); its schema carries
-                          the Hugging Face features (``label`` a ``ClassLabel``)
+                          uniqueness, score, decision, run_id, then the audit columns image_id,
+                          anomaly_id, candidate_id, anomaly_reason, predicted_class, round,
+                          decision_state (one row per image); its schema carries the Hugging Face
+                          features (``label`` a ``ClassLabel``)
     OUT/provenance.csv    the same rows as CSV, for people and pandas (a name ``datasets`` and
                           ImageFolder ignore)
     OUT/run.json          "format": "curator-export/1" (the marker), the run's id, parameters, class
@@ -46,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from curator.review import final_set, summarize
+from curator.review import DECISION_STATES, decision_state, final_set, summarize
 from curator.store import RunStore, StoreError
 
 FORMAT = "curator-export/1"
@@ -65,7 +67,18 @@ COLUMNS = [
     "score",
     "decision",
     "run_id",
+    # the audit trail: which image of the run this is, which anomaly it answers, and what became of it
+    "image_id",
+    "anomaly_id",
+    "candidate_id",
+    "anomaly_reason",
+    "predicted_class",
+    "round",
+    "decision_state",
 ]
+# ``decision_state`` of an image that passed inspection (not an anomaly: no decision to make);
+# anomalies carry ``review.decision_state``, the words the app shows.
+PASSED = "passed"
 # Hugging Face dtypes of the columns; file_name becomes the "image" column, label a class_label.
 COLUMN_DTYPES = {
     "class_name": "string",
@@ -77,7 +90,15 @@ COLUMN_DTYPES = {
     "score": "float64",
     "decision": "string",
     "run_id": "string",
+    "image_id": "int64",
+    "anomaly_id": "int64",  # empty for an image that passed inspection
+    "candidate_id": "int64",  # empty unless the image is a refined candidate
+    "anomaly_reason": "string",  # label_mismatch | low_confidence; empty when it passed
+    "predicted_class": "string",  # the detector's predicted class name for this image (the candidate's, if refined)
+    "round": "int64",  # 0 for the initial images, 1.. for rounds of candidates
+    "decision_state": "string",
 }
+_NULLABLE_INTS = ["anomaly_id", "candidate_id"]
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same run gives the same zip bytes
 _TAG = ".curator-"  # hidden siblings: .<name>.curator-tmp-<pid>-<hex>, .<name>.curator-old-<pid>-<hex>
 
@@ -192,10 +213,14 @@ def _write(store: RunStore, out: Path, missing: list[str]) -> None:
     items = [(label, names[label], item) for label in labels for item in final_set(store, label)]
     label_names = sorted({name for _, name, _ in items})
     order = {name: i for i, name in enumerate(label_names)}
+    decisions, picks = store.decisions(), store.auto_picks()
     rows = []
     for label, name, item in items:
         r = item.image
         proto = store.prototype(r.prototype_id)
+        anomaly_id = r.parent_id if r.kind == "candidate" else (r.id if r.is_anomaly else None)
+        anomaly = r if r.is_anomaly else (store.image(anomaly_id) if anomaly_id is not None else None)
+        state = PASSED if anomaly_id is None else decision_state(decisions.get(anomaly_id), picks.get(anomaly_id))
         # named by provenance (class, prototype, round, position), not by row id: the same in any run order
         file_name = f"{name}/c{label}_p{proto.idx:03d}_r{r.round}_{r.position:02d}.png"
         (out / name).mkdir(exist_ok=True)
@@ -213,10 +238,18 @@ def _write(store: RunStore, out: Path, missing: list[str]) -> None:
                 "score": r.score,
                 "decision": item.decision,
                 "run_id": store.run_id,
+                "image_id": r.id,
+                "anomaly_id": anomaly_id,
+                "candidate_id": r.id if r.kind == "candidate" else None,
+                "anomaly_reason": anomaly.reason if anomaly is not None else None,
+                "predicted_class": names[r.predicted],
+                "round": r.round,
+                "decision_state": state,
             }
         )
     _write_metadata(rows, label_names, out / METADATA)
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(out / PROVENANCE, index=False)
+    table = pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in _NULLABLE_INTS})  # ids, not floats
+    table.to_csv(out / PROVENANCE, index=False)
     summary = []
     for s in summarize(store):
         d = asdict(s)
@@ -276,7 +309,14 @@ def _card(info: dict) -> str:
         "    datasets.load_dataset('imagefolder', data_dir=OUT, split='train')   # typed by metadata.parquet\n\n"
         f"`{METADATA}` (typed, for datasets) and `{PROVENANCE}` (the same rows, for people) have one row\n"
         "per image (provenance, detector confidence, uniqueness, score, decision); `run.json` has the\n"
-        "run's parameters and per-class summary.\n"
+        "run's parameters and per-class summary.\n\n"
+        "Audit columns: `image_id` (the image in the run store), `anomaly_id` (the flagged image it answers;\n"
+        "empty when it passed inspection), `candidate_id` (set when the image is a refined candidate),\n"
+        "`anomaly_reason` (label_mismatch or low_confidence), `predicted_class` and `confidence` (the detector's\n"
+        "predicted class for this image, and its probability of the label), `round` (0 = initial image,\n"
+        f"1.. = rounds of candidates) and `decision_state` ({PASSED}, or the anomaly's state in the app's words:\n"
+        f"{', '.join(DECISION_STATES)}). A refined image whose `predicted_class` is not its `class_name` was\n"
+        "kept by a person although the detector assigns it to another class.\n"
     )
 
 

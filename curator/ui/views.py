@@ -337,7 +337,8 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
 
 def metadata_preview(export_dir: str | Path, rows: int = 50) -> pd.DataFrame:
     """The first ``rows`` lines of an export's provenance.csv (the rows of its metadata.parquet)."""
-    df = pd.read_csv(Path(export_dir) / "provenance.csv", dtype={"class_name": str}).head(rows)
+    ids = {"class_name": str, "predicted_class": str, "anomaly_id": "Int64", "candidate_id": "Int64"}
+    df = pd.read_csv(Path(export_dir) / "provenance.csv", dtype=ids).head(rows)
     return df.round(4)  # floats as people read them; the files keep full precision
 
 
