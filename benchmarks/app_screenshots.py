@@ -12,7 +12,12 @@ presses "Run all classes" (timed until the first anomaly opens and until the run
 the anomaly whose candidate cards show the widest mix of marks (passes τ / below τ / other
 class), records two decisions in its class (one accepted pick, one override), and saves:
 
+* docs/setup.png: the Set-up tab with the models chosen (the viewport);
 * docs/class-view.png: the Curate tab on that anomaly (the viewport);
+* docs/tables.png: below it, the class's anomaly table and the candidates' scores, full width;
+* docs/rounds.png: the same anomaly after "Regenerate K more": round 2 open, round 1 folded;
+* docs/overview.png: the Overview tab (every column, the totals row);
+* docs/export.png: the Export tab after an export (the Download button, the rounded preview);
 * docs/class-map.png: the Embeddings tab's map of that class, hovering the anomaly's pick;
 * docs/umap.png: the whole run's map, coloured by class.
 """
@@ -116,6 +121,7 @@ def shoot(url: str) -> None:
         page.goto(url)
         page.get_by_text("Device in use:").wait_for()
         page.get_by_label(MODELS, exact=True).check()
+        page.screenshot(path=str(DOCS / "setup.png"))
         page.locator("#start-btn").click()
         print(wait_msg(page, "setup-msg", "run run-.* created"), flush=True)
         run_id = re.search(r"run-[\w-]+", page.locator("#run-info").inner_text()).group(0)
@@ -164,6 +170,25 @@ def shoot(url: str) -> None:
         page.screenshot(path=str(DOCS / "class-view.png"))
         queue = page.locator("#queue-md").inner_text()
         print(f"class-view.png: anomaly #{aid} of class {store.class_names[label]} · {queue}", flush=True)
+        page.locator("#anomaly-table").scroll_into_view_if_needed()
+        page.locator("#anomaly-table").screenshot(path=str(DOCS / "tables.png"))
+
+        page.get_by_role("tab", name="Overview").click()
+        wait_msg(page, "overview-msg", "classes shown")
+        page.locator("#overview-table").get_by_text("all classes").first.wait_for()
+        page.screenshot(path=str(DOCS / "overview.png"))
+        page.get_by_role("tab", name="Export").click()
+        page.locator("#export-btn").click()
+        wait_msg(page, "export-msg", "exported")
+        page.locator("#download-btn").wait_for()
+        page.screenshot(path=str(DOCS / "export.png"))
+
+        page.get_by_role("tab", name="Curate").click()
+        page.locator("#regen-btn").click()
+        wait_msg(page, "run-msg", f"#{aid}: round 2 of candidates added")
+        page.locator("#candidates details.round[data-round='2']").wait_for()
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(DOCS / "rounds.png"))
 
         page.get_by_role("tab", name="Embeddings").click()
         t0 = time.perf_counter()

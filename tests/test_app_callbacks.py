@@ -427,19 +427,24 @@ def test_overview_filters_sorts_and_jumps(cb, assets):
     state, panel = ran(cb, assets)
     cb.decide(state, 0, panel[P["aid"]], None, "drop")
     msg, df = cb.overview(state, "all classes", "dropped", True)
-    assert list(df["class"]) == ["a", "b"] and df["dropped"].iloc[0] == 1 and df["IPC"].iloc[0] == IPC
+    assert list(df["class"]) == ["a", "b", "all classes"] and df["dropped"].iloc[0] == 1 and df["IPC"].iloc[0] == IPC
     assert df["anomalies"].iloc[0] == df["label mismatch"].iloc[0] + df["low confidence"].iloc[0] == IPC
-    assert list(cb.overview(state, "not run yet", "label", False)[1]["class"]) == ["b"]
-    assert list(cb.overview(state, "with overrides", "label", False)[1]["class"]) == ["a"]
+    total = df.iloc[-1]  # the totals row sums the rows shown
+    assert total["anomalies"] == df["anomalies"].iloc[:-1].sum() and total["dropped"] == 1 and total["IPC"] == IPC
+    assert total["status"] == "1/2 done" and total["conf before"] == ""
+    assert list(cb.overview(state, "not run yet", "label", False)[1]["class"]) == ["b", "all classes"]
+    assert list(cb.overview(state, "with overrides", "label", False)[1]["class"]) == ["a", "all classes"]
 
     class Evt:
         index = [1, 0]
         row_value = None
 
-    msg, label, tabs = cb.jump_to_class(state, df.sort_values("label"), Evt())
+    msg, label, tabs = cb.jump_to_class(state, df.iloc[:-1].sort_values("label"), Evt())
     assert label["value"] == 1 and tabs.selected == "curate" and msg == "✔ class b opened"
     Evt.row_value = [0, "a", "done"]  # the page reports the row as displayed (sorted there)
     assert cb.jump_to_class(state, df, Evt())[1]["value"] == 0
+    Evt.row_value = ["", "all classes", "1/2 done"]
+    assert cb.jump_to_class(state, df, Evt())[0] == "⚠ that is the totals row: select a class's row to open it"
 
     Evt.index, Evt.row_value = [0, 0], None  # selecting a row of the anomaly table shows that anomaly
     ids = [int(a) for a in panel[P["anomalies"]]["anomaly"]]

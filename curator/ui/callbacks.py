@@ -47,6 +47,7 @@ from curator.ui.uploads import extract_image_folder
 from curator.ui.views import (
     CANDIDATE_COLUMNS,
     OVERVIEW_COLUMNS,
+    TOTAL,
     UIError,
     anomaly_view,
     cards_html,
@@ -56,6 +57,7 @@ from curator.ui.views import (
     metadata_preview,
     overview_frame,
     run_choices,
+    with_totals,
 )
 
 log = logging.getLogger("curator.ui")
@@ -532,11 +534,16 @@ class Callbacks:
 
     TABS = ("setup", "curate", "overview", "embeddings", "export")
 
-    def remember_place(self, state: dict | None, place: dict | None, label=None, anomaly_id=None, tab=None) -> dict:
+    def remember_place(self, state: dict | None, place: dict | None, label=None, anomaly_id=None, tab=None):
         """The place this browser keeps with its run (``gr.BrowserState``): the tab, class and
-        anomaly in view. Given values replace the kept ones; a new run starts a new place."""
+        anomaly in view. Given values replace the kept ones; a new run starts a new place. ``tab``
+        comes from a click on a tab (``"curate"``, or ``"curate:<n>"`` as the page sends it). With
+        no run open yet (a page still loading) the kept place is left as it is."""
         run = (state or {}).get("run")
+        if not run:
+            return gr.skip()
         kept = dict(place) if isinstance(place, dict) and place.get("run") == run else {"run": run}
+        tab = str(tab).partition(":")[0] if tab is not None else None
         if tab in self.TABS:
             kept["tab"] = tab
         if label not in (None, ""):
@@ -856,7 +863,7 @@ class Callbacks:
     def overview(self, state: dict | None, filter_by: str, sort_by: str, descending: bool) -> tuple:
         with self._store(state) as store:
             df = overview_frame(store, filter_by, sort_by, bool(descending))
-            return ok(f"{len(df)} of {len(store.class_names)} classes shown"), df
+            return ok(f"{len(df)} of {len(store.class_names)} classes shown; the last row sums them"), with_totals(df)
 
     @guarded(3)
     def jump_to_class(self, state: dict | None, table, evt: gr.SelectData) -> tuple:
@@ -865,10 +872,13 @@ class Callbacks:
         if df.empty or "label" not in df:
             raise UIError("the overview is empty: refresh it first")
         if getattr(evt, "row_value", None):  # the row as displayed (the table may be sorted in the page)
-            lab, name = int(evt.row_value[0]), evt.row_value[1]
+            lab, name = evt.row_value[0], evt.row_value[1]
         else:
             row = df.iloc[int(evt.index[0] if isinstance(evt.index, list | tuple) else evt.index)]
-            lab, name = int(row["label"]), row["class"]
+            lab, name = row["label"], row["class"]
+        if name == TOTAL or lab in (None, ""):
+            raise UIError("that is the totals row: select a class's row to open it")
+        lab = int(lab)
         return ok(f"class {name} opened"), gr.update(value=lab), gr.Tabs(selected="curate")
 
     # --- embeddings ----------------------------------------------------------------------------

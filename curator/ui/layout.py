@@ -48,7 +48,23 @@ document.addEventListener("keydown", (e) => {
 });
 </script>
 """
-HEAD = HEAD.replace("{plot_js}", PLOT_JS)  # hover thumbnails and click-to-open on the class map
+# A click on a tab button writes "<tab id>:<time>" into #tab-click (its "change" reaches the server),
+# so the place kept with the run follows the tabs a person opens.
+TAB_JS = """
+<script>
+document.addEventListener("click", (e) => {
+  const b = e.target && e.target.closest && e.target.closest('button[role="tab"]');
+  if (!b) return;
+  const id = b.dataset.tabId;  // the gr.Tab's id
+  const root = document.getElementById("tab-click");
+  const box = root && (root.matches("input, textarea") ? root : root.querySelector("textarea, input"));
+  if (!id || !box) return;
+  box.value = `${id}:${Date.now()}`;
+  box.dispatchEvent(new Event("input", {bubbles: true}));
+}, true);
+</script>
+"""
+HEAD = HEAD.replace("{plot_js}", PLOT_JS) + TAB_JS  # hover thumbnails and click-to-open on the class map
 
 # Selecting a card: mark it at once in the page, and tell the server (which fills "Selected candidate").
 CARDS_JS = """
@@ -100,6 +116,10 @@ CSS = """
 .card.pick { border-color: #d97706; box-shadow: inset 0 0 0 1px #d97706; }
 .card.chosen { border-color: #15803d; box-shadow: inset 0 0 0 2px #15803d; }
 .card.selected { outline: 3px solid #6366f1; outline-offset: 1px; }
+details.round { margin: 0 0 4px; } details.round > .cards { margin-top: 3px; }
+details.round > summary { cursor: pointer; font-weight: 600; font-size: 12px; color: var(--body-text-color-subdued); }
+#overview-table th, #anomaly-table th, #candidate-table th, #export-preview th { white-space: normal; }
+#overview-table td, #overview-table th { padding: 4px 5px; }
 """
 
 THEME = gr.themes.Soft(
@@ -151,6 +171,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         # the tab, class and anomaly in view, kept with the run: a reload reopens there
         saved_place = gr.BrowserState(None, storage_key="curator-place")
         pending = gr.State(None)  # an off-class candidate awaiting its second "Use selected"
+        tab_click = gr.Textbox(visible="hidden", elem_id="tab-click")  # TAB_JS writes the tab a person opened
         gr.Markdown(
             "# The curator\nDetector-guided dataset distillation: synthesise a few images per class, let a "
             "detector flag the wrong ones, pick among K candidates each, review, export.",
@@ -203,11 +224,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     setup_msg = _msg("setup-msg")
                 with gr.Row(equal_height=True):
                     # choices change per session; custom values let API clients pass them (the handlers validate)
-                    runs = gr.Dropdown(choices=[], label="Existing runs", scale=4, allow_custom_value=True)
+                    runs = gr.Dropdown(choices=[], label="Existing runs", scale=4, allow_custom_value=True,
+                                       elem_id="runs-dd")  # fmt: skip
                     refresh_btn = gr.Button("↻", scale=0, min_width=50)
                     open_btn = gr.Button("Reopen run", scale=1, elem_id="open-btn")
 
-            with gr.Tab("Curate", id="curate") as curate_tab:
+            with gr.Tab("Curate", id="curate"):
                 with gr.Row(elem_id="run-row"):
                     label = gr.Dropdown(
                         choices=[], label="Class (anomalies, still to review)", scale=3, elem_id="class-dd",
@@ -259,16 +281,16 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 class_gallery = gr.Gallery(
                     label="Synthetic set", columns=10, height=190, allow_preview=False, elem_id="class-gallery"
                 )
-                with gr.Row():
-                    # tables start with their headers: never an empty grid headed "1 2 3"
-                    anomaly_table = gr.Dataframe(
-                        pd.DataFrame(columns=ANOMALY_COLUMNS), label="Anomalies of this class (select a row)",
-                        interactive=False, max_height=260, elem_id="anomaly-table",
-                    )  # fmt: skip
-                    candidate_table = gr.Dataframe(
-                        pd.DataFrame(columns=CANDIDATE_COLUMNS), label="Candidate scores", interactive=False,
-                        max_height=260, elem_id="candidate-table",
-                    )  # fmt: skip
+                # tables start with their headers (never an empty grid headed "1 2 3"); each takes the
+                # full width, so every column shows at 1400 px
+                anomaly_table = gr.Dataframe(
+                    pd.DataFrame(columns=ANOMALY_COLUMNS), label="Anomalies of this class (select a row)",
+                    interactive=False, max_height=260, elem_id="anomaly-table", wrap=True,
+                )  # fmt: skip
+                candidate_table = gr.Dataframe(
+                    pd.DataFrame(columns=CANDIDATE_COLUMNS), label="Candidate scores of the anomaly in view",
+                    interactive=False, max_height=260, elem_id="candidate-table", wrap=True,
+                )  # fmt: skip
                 gr.Markdown(SHORTCUTS)
 
             with gr.Tab("Overview", id="overview") as overview_tab:
@@ -279,8 +301,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     ov_btn = gr.Button("Refresh", elem_id="overview-btn", scale=0, size="sm")
                 ov_msg = _msg("overview-msg")
                 ov_table = gr.Dataframe(
-                    pd.DataFrame(columns=OVERVIEW_COLUMNS), label="Per class (select a row to open the class)",
-                    interactive=False, elem_id="overview-table",
+                    pd.DataFrame(columns=OVERVIEW_COLUMNS),
+                    label="Per class (select a row to open the class; the last row sums the rows shown)",
+                    interactive=False, elem_id="overview-table", wrap=True,
                 )  # fmt: skip
 
             with gr.Tab("Embeddings", id="embeddings") as embeddings_tab:
@@ -301,7 +324,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 umap_click = gr.Textbox(visible="hidden", elem_id="umap-click")
                 umap_open = gr.Button("open", visible="hidden", elem_id="umap-open-btn")
 
-            with gr.Tab("Export", id="export") as export_tab:
+            with gr.Tab("Export", id="export"):
                 with gr.Row(elem_id="export-row"):
                     export_btn = gr.Button("Export curated set", variant="primary", elem_id="export-btn", scale=0,
                                            min_width=200, size="sm")  # fmt: skip
@@ -386,10 +409,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             lambda s, p, lab, a: cb.remember_place(s, p, lab, a), [state, saved_place, label, anomaly_id],
             saved_place, api_visibility="private", queue=False,
         )  # fmt: skip
-        for tab, tab_id in ((setup_tab, "setup"), (curate_tab, "curate"), (overview_tab, "overview"),
-                            (embeddings_tab, "embeddings"), (export_tab, "export")):  # fmt: skip
-            tab.select(lambda s, p, t=tab_id: cb.remember_place(s, p, tab=t), [state, saved_place], saved_place,
-                       api_visibility="private", queue=False)  # fmt: skip
+        # a person's click on a tab (TAB_JS; Gradio also fires a tab's "select" when the page mounts,
+        # which would overwrite the kept tab before a reload could reopen it)
+        tab_click.change(lambda s, p, t: cb.remember_place(s, p, tab=t), [state, saved_place, tab_click], saved_place,
+                        api_visibility="private", queue=False)  # fmt: skip
 
         # one device queue: users take turns on the accelerator; progress shows on the job's own line
         gen_kw = dict(concurrency_id="device", concurrency_limit=1)
@@ -442,9 +465,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         overview_tab.select(cb.overview, ov_inputs, [ov_msg, ov_table], api_visibility="private")
         for trigger in (ov_filter.input, ov_sort.input, ov_desc.input):
             trigger(cb.overview, ov_inputs, [ov_msg, ov_table], api_visibility="private")
+        # a tab opened by the app (not by a click on it) is remembered too
+        to_curate = dict(fn=lambda s, p: cb.remember_place(s, p, tab="curate"), inputs=[state, saved_place],
+                         outputs=saved_place, api_visibility="private", queue=False)  # fmt: skip
         ov_table.select(cb.jump_to_class, [state, ov_table], [ov_msg, label, tabs], api_visibility="private").then(
             cb.show_class, [state, label], panel, api_name="show_after_jump", api_visibility="private"
-        )
+        ).then(**to_curate)
 
         umap_kw = dict(concurrency_id="umap", concurrency_limit=1)  # one UMAP fit at a time
         show_class_map = dict(fn=lambda: (gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)),
@@ -460,7 +486,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         color_by.input(**show_run_map).then(cb.embedding, *umap_io, api_visibility="private", **umap_kw)
         umap_open.click(cb.open_from_map, [state, label, umap_click], panel, api_visibility="private").then(
             lambda: gr.Tabs(selected="curate"), None, tabs, api_visibility="private"
-        )
+        ).then(**to_curate)
 
         export_btn.click(cb.export, [state], [export_msg, download, preview], api_name="export")
     return demo

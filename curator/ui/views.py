@@ -319,8 +319,8 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
                 "kept original": s.kept_original,
                 "dropped": s.dropped,
                 "unresolved": s.unresolved,
-                "conf before": "–" if s.images == 0 else _f(s.confidence_before, 4),
-                "conf after": "–" if s.images == 0 else _f(s.confidence_after, 4),
+                "conf before": "–" if s.images == 0 else _f(s.confidence_before),
+                "conf after": "–" if s.images == 0 else _f(s.confidence_after),
             }
         )
     df = pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)
@@ -333,6 +333,24 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
     }[filter_by]
     df = df[keep].sort_values(sort_by, ascending=not descending, kind="stable", na_position="last")
     return df.reset_index(drop=True)
+
+
+TOTAL = "all classes"  # the class cell of the overview's totals row
+
+
+def with_totals(df: pd.DataFrame) -> pd.DataFrame:
+    """The overview with a last row summing the counts of the rows shown (its label is empty, its class
+    ``TOTAL``); the mean confidences are left blank there (a mean of means would mislead)."""
+    if df.empty:
+        return df
+    total = {c: "" for c in df.columns}
+    total["class"] = TOTAL
+    total["status"] = f"{int((df['status'] == 'done').sum())}/{len(df)} done"
+    for c in df.columns:
+        if c not in ("label", "class", "status") and pd.api.types.is_integer_dtype(df[c]):
+            total[c] = int(df[c].sum())
+    out = pd.concat([df.astype({"label": object}), pd.DataFrame([total])], ignore_index=True)
+    return out
 
 
 def metadata_preview(export_dir: str | Path, rows: int = 50) -> pd.DataFrame:
