@@ -67,9 +67,13 @@ def wait_for_page(proc: subprocess.Popen, url: str, timeout: float = 300) -> flo
     raise TimeoutError("the app did not answer")
 
 
+REUSE = os.environ.get("CURATOR_SHOT_REUSE") == "1"  # reopen the last finished run instead of running one
+
+
 def main() -> None:
-    shutil.rmtree(RUNS, ignore_errors=True)
-    RUNS.mkdir(parents=True)
+    if not REUSE:
+        shutil.rmtree(RUNS, ignore_errors=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ, CURATOR_RUNS=str(RUNS), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
@@ -121,18 +125,26 @@ def shoot(url: str) -> None:
         page.goto(url)
         page.get_by_text("Device in use:").wait_for()
         page.get_by_label(MODELS, exact=True).check()
+        wait_msg(page, "setup-msg", "defaults filled in")  # the form shows what will run
         page.screenshot(path=str(DOCS / "setup.png"))
-        page.locator("#start-btn").click()
-        print(wait_msg(page, "setup-msg", "run run-.* created"), flush=True)
-        run_id = re.search(r"run-[\w-]+", page.locator("#run-info").inner_text()).group(0)
-
-        page.get_by_role("tab", name="Curate").click()
-        t0 = time.perf_counter()
-        page.locator("#run-all-btn").click()
-        page.wait_for_function("() => document.querySelector('#anomaly-id input').value !== ''", timeout=900_000)
-        first = time.perf_counter() - t0
-        done = wait_msg(page, "run-msg", "all 10 classes done", timeout=1_800_000)
-        print(f"run all ({MODELS}), from the browser: first anomaly open after {first:.1f} s; {done}", flush=True)
+        if REUSE:
+            run_id = sorted(p.parent.name for p in RUNS.glob("run-*/run.sqlite"))[-1]
+            page.locator("#runs-dd input").fill(run_id)
+            page.locator("#runs-dd input").press("Enter")
+            page.locator("#open-btn").click()
+            print(wait_msg(page, "setup-msg", f"reopened run {run_id}"), flush=True)
+            page.get_by_role("tab", name="Curate").click()
+        else:
+            page.locator("#start-btn").click()
+            print(wait_msg(page, "setup-msg", "run run-.* created"), flush=True)
+            run_id = re.search(r"run-[\w-]+", page.locator("#run-info").inner_text()).group(0)
+            page.get_by_role("tab", name="Curate").click()
+            t0 = time.perf_counter()
+            page.locator("#run-all-btn").click()
+            page.wait_for_function("() => document.querySelector('#anomaly-id input').value !== ''", timeout=900_000)
+            first = time.perf_counter() - t0
+            done = wait_msg(page, "run-msg", "all 10 classes done", timeout=1_800_000)
+            print(f"run all ({MODELS}), from the browser: first anomaly open after {first:.1f} s; {done}", flush=True)
 
         store = RunStore.open(RUNS / run_id)
         aid, label = mixed_anomaly(store)
@@ -175,7 +187,8 @@ def shoot(url: str) -> None:
 
         page.get_by_role("tab", name="Overview").click()
         wait_msg(page, "overview-msg", "classes shown")
-        page.locator("#overview-table").get_by_text("all classes").first.wait_for()
+        page.wait_for_function("() => /10\\/10 done/.test((document.querySelector('#overview-table') || {}).innerText"
+                               " || '')", timeout=60_000)  # fmt: skip  (the totals row is drawn)
         page.screenshot(path=str(DOCS / "overview.png"))
         page.get_by_role("tab", name="Export").click()
         page.locator("#export-btn").click()

@@ -164,6 +164,11 @@ def _float(value, name: str) -> float:
         raise UIError(f"{name} must be a number, got {value!r}") from exc
 
 
+def _count(n: int, one: str, many: str) -> str:
+    """``1 anomaly``, ``3 anomalies``."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def _progress_fn(progress, names: list[str], where: str = "") -> ProgressFn:
     """Adapt the pipeline's ``(stage, done, total, label)`` to ``gr.Progress`` (one display per job)."""
 
@@ -278,7 +283,7 @@ class Callbacks:
             aid = next(todo, cv.anomaly_ids[0] if cv.anomaly_ids else None)
         if not message:
             message = (
-                f"class {cv.name}: {len(cv.gallery)} images, {len(cv.anomaly_ids)} anomalies"
+                f"class {cv.name}: {len(cv.gallery)} images, {_count(len(cv.anomaly_ids), 'anomaly', 'anomalies')}"
                 if cv.gallery
                 else f"class {cv.name} has not been run yet: press “Run this class”"
             )
@@ -286,8 +291,9 @@ class Callbacks:
         gallery = gr.update(
             value=[(_served(self.settings, p, key), c) for p, c in cv.gallery],
             selected_index=selected,
-            label=f"Class {cv.name}: synthetic set, {len(cv.gallery)} images (✓ passed; ⚠ {len(cv.anomaly_ids)} "
-            "anomalies, their states in the table below; click one to open it)",
+            label=f"Class {cv.name}: synthetic set, {len(cv.gallery)} images (✓ passed; ⚠ "
+            f"{_count(len(cv.anomaly_ids), 'anomaly', 'anomalies')}, their states in the table below; click one "
+            "to open it)",
         )
         picker = gr.update(choices=class_choices(store, queue), value=label)
         if aid is None:
