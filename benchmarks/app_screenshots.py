@@ -124,8 +124,13 @@ def shoot(url: str) -> None:
         page.set_default_timeout(900_000)
         page.goto(url)
         page.get_by_text("Device in use:").wait_for()
-        page.get_by_label(MODELS, exact=True).check()
-        wait_msg(page, "setup-msg", "defaults filled in")  # the form shows what will run
+        for models in ("model folders", MODELS):  # a choice (not the preselected one) fills in its defaults
+            page.get_by_label(models, exact=True).check()
+        try:
+            wait_msg(page, "setup-msg", "defaults filled in", timeout=30_000)  # the form shows what will run
+        except Exception:
+            page.screenshot(path="/tmp/setup_fail.png")
+            raise
         page.screenshot(path=str(DOCS / "setup.png"))
         if REUSE:
             run_id = sorted(p.parent.name for p in RUNS.glob("run-*/run.sqlite"))[-1]
@@ -198,9 +203,11 @@ def shoot(url: str) -> None:
 
         page.get_by_role("tab", name="Curate").click()
         page.locator("#regen-btn").click()
-        wait_msg(page, "run-msg", f"#{aid}: round 2 of candidates added")
+        wait_msg(page, "run-msg", f"#{aid}: round \\d+ of candidates added")
         page.locator("#candidates details.round[data-round='2']").wait_for()
         page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_function("() => [...document.querySelectorAll('#candidates details[open] img')].slice(0, 20)"
+                               ".every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip  (the cards' images)
         page.screenshot(path=str(DOCS / "rounds.png"))
 
         page.get_by_role("tab", name="Embeddings").click()

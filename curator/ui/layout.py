@@ -119,7 +119,9 @@ CSS = """
 details.round { margin: 0 0 4px; } details.round > .cards { margin-top: 3px; }
 details.round > summary { cursor: pointer; font-weight: 600; font-size: 12px; color: var(--body-text-color-subdued); }
 #overview-table th, #anomaly-table th, #candidate-table th, #export-preview th { white-space: normal; }
-#overview-table td, #overview-table th { padding: 4px 5px; }
+#overview-table td, #overview-table th { padding: 3px 4px !important; }
+#overview-table table, #overview-table td *, #overview-table th * { font-size: 11.5px !important; }
+#overview-table th, #overview-table th * { word-break: normal !important; overflow-wrap: normal !important; }
 """
 
 THEME = gr.themes.Soft(
@@ -385,7 +387,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             cb.open_first, [state, label], panel, api_name="show_after_open", api_visibility="private"
         )
         refresh_btn.click(cb.refresh_runs, None, runs, api_visibility="private")
-        setup_tab.select(cb.refresh_runs, None, runs, api_visibility="private")  # progress as it stands now
+        setup_tab.select(cb.refresh_runs, None, runs, api_visibility="private", show_progress="hidden")  # progress now
         demo.load(cb.restore, [saved_run, state], run_outputs, api_visibility="private").then(
             cb.open_place, [state, label, saved_place], panel, api_name="show_after_load", api_visibility="private"
         ).then(cb.place_tab, [state, saved_place], tabs, api_visibility="private")
@@ -400,9 +402,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             api_visibility="private", queue=False,
         )  # fmt: skip
         form_defaults = [setup_msg, steps, strength, guidance]
-        model_source.input(cb.model_defaults, [model_source, gen_path], form_defaults, api_visibility="private")
+        quiet = dict(api_visibility="private", show_progress="hidden")  # no spinner over the form for a lookup
+        model_source.change(cb.model_defaults, [model_source, gen_path], form_defaults, **quiet)
         for trigger in (gen_path.blur, gen_path.submit):
-            trigger(cb.model_defaults, [model_source, gen_path], form_defaults, api_visibility="private")
+            trigger(cb.model_defaults, [model_source, gen_path], form_defaults, **quiet)
 
         # where this browser is (tab, class, anomaly), kept with its run
         anomaly_id.change(
