@@ -316,7 +316,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     color_by = gr.Radio(list(COLOR_BY), value="class", label="Whole run colours", scale=1)
                     umap_msg = _msg("umap-msg")
                 gr.Markdown(
-                    "Hover a point to see its image; click an anomaly, candidate or pick to open it in Curate. "
+                    "Hover a point to see its image; click an anomaly to open it in Curate, or a candidate or pick "
+                    "to open its anomaly with that candidate selected. "
                     "Symbols: ● real · ◆ prototype · ■ passed · ✕ anomaly · ○ candidate · ★ pick.",
                     elem_id="umap-help",
                 )

@@ -214,7 +214,8 @@ def class_figure(frame: pd.DataFrame, title: str, thumb_url: Callable[[str], str
         for (_, row), r in zip(sub.iterrows(), rows):
             lines = [_header(row, r[0], r[5]), r[3]]
             if r[5]:
-                lines.append(f"<i>click to open anomaly #{r[5]}</i>")
+                selected = " with it selected" if r[1] in ("candidate", "pick") else ""
+                lines.append(f"<i>click to open anomaly #{r[5]}{selected}</i>")
             text.append("<br>".join(line for line in lines if line))
         fig.add_trace(
             go.Scatter(
