@@ -12,7 +12,12 @@ presses "Run all classes" (timed until the first anomaly opens and until the run
 the anomaly whose candidate cards show the widest mix of marks (passes τ / below τ / other
 class), records two decisions in its class (one accepted pick, one override), and saves:
 
+* docs/setup.png: the Set-up tab with the models chosen (the viewport);
 * docs/class-view.png: the Curate tab on that anomaly (the viewport);
+* docs/tables.png: below it, the class's anomaly table and the candidates' scores, full width;
+* docs/rounds.png: the same anomaly after "Regenerate K more": round 2 open, round 1 folded;
+* docs/overview.png: the Overview tab (every column, the totals row);
+* docs/export.png: the Export tab after an export (the Download button, the rounded preview);
 * docs/class-map.png: the Embeddings tab's map of that class, hovering the anomaly's pick;
 * docs/umap.png: the whole run's map, coloured by class.
 """
@@ -62,9 +67,13 @@ def wait_for_page(proc: subprocess.Popen, url: str, timeout: float = 300) -> flo
     raise TimeoutError("the app did not answer")
 
 
+REUSE = os.environ.get("CURATOR_SHOT_REUSE") == "1"  # reopen the last finished run instead of running one
+
+
 def main() -> None:
-    shutil.rmtree(RUNS, ignore_errors=True)
-    RUNS.mkdir(parents=True)
+    if not REUSE:
+        shutil.rmtree(RUNS, ignore_errors=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ, CURATOR_RUNS=str(RUNS), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
@@ -115,18 +124,32 @@ def shoot(url: str) -> None:
         page.set_default_timeout(900_000)
         page.goto(url)
         page.get_by_text("Device in use:").wait_for()
-        page.get_by_label(MODELS, exact=True).check()
-        page.locator("#start-btn").click()
-        print(wait_msg(page, "setup-msg", "run run-.* created"), flush=True)
-        run_id = re.search(r"run-[\w-]+", page.locator("#run-info").inner_text()).group(0)
-
-        page.get_by_role("tab", name="Curate").click()
-        t0 = time.perf_counter()
-        page.locator("#run-all-btn").click()
-        page.wait_for_function("() => document.querySelector('#anomaly-id input').value !== ''", timeout=900_000)
-        first = time.perf_counter() - t0
-        done = wait_msg(page, "run-msg", "all 10 classes done", timeout=1_800_000)
-        print(f"run all ({MODELS}), from the browser: first anomaly open after {first:.1f} s; {done}", flush=True)
+        for models in ("model folders", MODELS):  # a choice (not the preselected one) fills in its defaults
+            page.get_by_label(models, exact=True).check()
+        try:
+            wait_msg(page, "setup-msg", "defaults filled in", timeout=30_000)  # the form shows what will run
+        except Exception:
+            page.screenshot(path="/tmp/setup_fail.png")
+            raise
+        page.screenshot(path=str(DOCS / "setup.png"))
+        if REUSE:
+            run_id = sorted(p.parent.name for p in RUNS.glob("run-*/run.sqlite"))[-1]
+            page.locator("#runs-dd input").fill(run_id)
+            page.locator("#runs-dd input").press("Enter")
+            page.locator("#open-btn").click()
+            print(wait_msg(page, "setup-msg", f"reopened run {run_id}"), flush=True)
+            page.get_by_role("tab", name="Curate").click()
+        else:
+            page.locator("#start-btn").click()
+            print(wait_msg(page, "setup-msg", "run run-.* created"), flush=True)
+            run_id = re.search(r"run-[\w-]+", page.locator("#run-info").inner_text()).group(0)
+            page.get_by_role("tab", name="Curate").click()
+            t0 = time.perf_counter()
+            page.locator("#run-all-btn").click()
+            page.wait_for_function("() => document.querySelector('#anomaly-id input').value !== ''", timeout=900_000)
+            first = time.perf_counter() - t0
+            done = wait_msg(page, "run-msg", "all 10 classes done", timeout=1_800_000)
+            print(f"run all ({MODELS}), from the browser: first anomaly open after {first:.1f} s; {done}", flush=True)
 
         store = RunStore.open(RUNS / run_id)
         aid, label = mixed_anomaly(store)
@@ -164,6 +187,28 @@ def shoot(url: str) -> None:
         page.screenshot(path=str(DOCS / "class-view.png"))
         queue = page.locator("#queue-md").inner_text()
         print(f"class-view.png: anomaly #{aid} of class {store.class_names[label]} · {queue}", flush=True)
+        page.locator("#anomaly-table").scroll_into_view_if_needed()
+        page.locator("#anomaly-table").screenshot(path=str(DOCS / "tables.png"))
+
+        page.get_by_role("tab", name="Overview").click()
+        wait_msg(page, "overview-msg", "classes shown")
+        page.wait_for_function("() => /10\\/10 done/.test((document.querySelector('#overview-table') || {}).innerText"
+                               " || '')", timeout=60_000)  # fmt: skip  (the totals row is drawn)
+        page.screenshot(path=str(DOCS / "overview.png"))
+        page.get_by_role("tab", name="Export").click()
+        page.locator("#export-btn").click()
+        wait_msg(page, "export-msg", "exported")
+        page.locator("#download-btn").wait_for()
+        page.screenshot(path=str(DOCS / "export.png"))
+
+        page.get_by_role("tab", name="Curate").click()
+        page.locator("#regen-btn").click()
+        wait_msg(page, "run-msg", f"#{aid}: round \\d+ of candidates added")
+        page.locator("#candidates details.round[data-round='2']").wait_for()
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_function("() => [...document.querySelectorAll('#candidates details[open] img')].slice(0, 20)"
+                               ".every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip  (the cards' images)
+        page.screenshot(path=str(DOCS / "rounds.png"))
 
         page.get_by_role("tab", name="Embeddings").click()
         t0 = time.perf_counter()

@@ -393,7 +393,7 @@ def pipeline_stats(args: argparse.Namespace, ipc: int, fp: str) -> dict | None:
     return {
         "images": sum(x.images for x in s),
         "anomalies": sum(x.anomalies for x in s),
-        "resolved": sum(x.resolved_auto for x in s),
+        "resolved": sum(x.auto for x in s),
         "unresolved": sum(x.unresolved for x in s),
         "wall_seconds": sum(x.wall_seconds or 0 for x in s),
         "config": f"tau {cfg.tau}, lambda {cfg.lam}, K {cfg.k}, strength {cfg.strength}, "

@@ -4,11 +4,12 @@ Layout::
 
     OUT/<class name>/<file>.png
     OUT/metadata.parquet  file_name, label, class_name, source, prototype_id, seed, confidence,
-                          uniqueness, score, decision, run_id (one row per image), and
-                          ``probabilities``: the detector's softmax over run.json's ``class_names``
-                          (float32, one per class, in that order: soft labels); its schema carries
-                          the Hugging Face features (``label`` a ``ClassLabel``, ``probabilities`` a
-                          ``List(Value("float32"), length=K)``); ``decision`` is
+                          uniqueness, score, decision, run_id, then the audit columns image_id,
+                          anomaly_id, candidate_id, anomaly_reason, predicted_class, round (one row
+                          per image), and ``probabilities``: the detector's softmax over run.json's
+                          ``class_names`` (float32, one per class, in that order: soft labels); its
+                          schema carries the Hugging Face features (``label`` a ``ClassLabel``,
+                          ``probabilities`` a ``List(Value("float32"), length=K)``); ``decision`` is
                           ``review.PASSED`` or the anomaly's state (``review.DECISION_STATES``)
     OUT/provenance.csv    the same rows as CSV, for people and pandas (a name ``datasets`` and
                           ImageFolder ignore), without the probabilities
@@ -50,7 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from curator.review import final_set, summarize
+from curator.review import DECISION_STATES, PASSED, final_set, summarize
 from curator.store import RunStore, StoreError
 
 FORMAT = "curator-export/1"
@@ -69,6 +70,13 @@ COLUMNS = [
     "score",
     "decision",
     "run_id",
+    # the audit trail: which image of the run this is, which anomaly it answers, and what became of it
+    "image_id",
+    "anomaly_id",
+    "candidate_id",
+    "anomaly_reason",
+    "predicted_class",
+    "round",
 ]
 # metadata.parquet only (not the CSV): the detector's class probabilities, stored at inspection
 # (``store.image_probs``); a run stored before they were kept gets them from its detector at export.
@@ -85,7 +93,14 @@ COLUMN_DTYPES = {
     "score": "float64",
     "decision": "string",
     "run_id": "string",
+    "image_id": "int64",
+    "anomaly_id": "int64",  # empty for an image that passed inspection
+    "candidate_id": "int64",  # empty unless the image is a refined candidate
+    "anomaly_reason": "string",  # label_mismatch | low_confidence; empty when it passed
+    "predicted_class": "string",  # the detector's predicted class name for this image (the candidate's, if refined)
+    "round": "int64",  # 0 for the initial images, 1.. for rounds of candidates
 }
+_NULLABLE_INTS = ["anomaly_id", "candidate_id"]
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same run gives the same zip bytes
 _TAG = ".curator-"  # hidden siblings: .<name>.curator-tmp-<pid>-<hex>, .<name>.curator-old-<pid>-<hex>
 
@@ -232,6 +247,8 @@ def _write(store: RunStore, out: Path, missing: list[str]) -> None:
     for label, name, item in items:
         r = item.image
         proto = store.prototype(r.prototype_id)
+        anomaly_id = r.parent_id if r.kind == "candidate" else (r.id if r.is_anomaly else None)
+        anomaly = r if r.is_anomaly else (store.image(anomaly_id) if anomaly_id is not None else None)
         # named by provenance (class, prototype, round, position), not by row id: the same in any run order
         file_name = f"{name}/c{label}_p{proto.idx:03d}_r{r.round}_{r.position:02d}.png"
         (out / name).mkdir(exist_ok=True)
@@ -249,11 +266,18 @@ def _write(store: RunStore, out: Path, missing: list[str]) -> None:
                 "score": r.score,
                 "decision": item.decision,
                 "run_id": store.run_id,
+                "image_id": r.id,
+                "anomaly_id": anomaly_id,
+                "candidate_id": r.id if r.kind == "candidate" else None,
+                "anomaly_reason": anomaly.reason if anomaly is not None else None,
+                "predicted_class": names[r.predicted],
+                "round": r.round,
                 PROBS: None if r.id not in probs else probs[r.id].tolist(),
             }
         )
     _write_metadata(rows, label_names, len(names), out / METADATA)
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(out / PROVENANCE, index=False)  # no probabilities: for people
+    table = pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in _NULLABLE_INTS})  # ids, not floats
+    table.to_csv(out / PROVENANCE, index=False)  # no probabilities: for people
     summary = []
     for s in summarize(store):
         d = asdict(s)
@@ -317,6 +341,13 @@ def _card(info: dict) -> str:
         "run's parameters and per-class summary.\n\n"
         f"`{PROBS}` (in `{METADATA}` only) holds the detector's class probabilities of each image, in the\n"
         f"order of `run.json`'s `class_names` ({', '.join(info['class_names'])}): soft labels for distillation.\n"
+        "Audit columns: `image_id` (the image in the run store), `anomaly_id` (the flagged image it answers;\n"
+        "empty when it passed inspection), `candidate_id` (set when the image is a refined candidate),\n"
+        "`anomaly_reason` (label_mismatch or low_confidence), `predicted_class` and `confidence` (the detector's\n"
+        "predicted class for this image, and its probability of the label), `round` (0 = initial image,\n"
+        f"1.. = rounds of candidates); `decision` is {PASSED}, or the anomaly's state in the app's words:\n"
+        f"{', '.join(DECISION_STATES)}. A refined image whose `predicted_class` is not its `class_name` was\n"
+        "kept by a person although the detector assigns it to another class.\n"
     )
 
 

@@ -121,11 +121,6 @@ class ClassSummary:
         """Anomalies no person has decided yet ("auto" and "unresolved")."""
         return sum(n for s, n in self.counts.items() if not is_reviewed(s))
 
-    @property
-    def resolved_auto(self) -> int:
-        """The older name of ``auto``, for callers written before the vocabulary was fixed."""
-        return self.auto
-
 
 @dataclass(frozen=True)
 class Curated:

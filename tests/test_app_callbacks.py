@@ -20,6 +20,7 @@ from curator.review import DECISION_STATES, summarize
 from curator.store import Decision, RunStore
 from curator.ui import jobs
 from curator.ui.callbacks import DATA_SOURCES, MODEL_SOURCES, PANEL_SIZE, Callbacks
+from curator.ui.outputs import Panel, RunOutputs
 from curator.ui.resources import AppSettings
 
 torch.set_num_threads(1)
@@ -73,10 +74,11 @@ def started(cb: Callbacks, assets: dict, **kw) -> dict:
     return out[1]
 
 
-# the panel's outputs by name (Callbacks.panel); a run's outputs are its message, then the panel
-P = dict(
-    msg=0, gallery=1, anomalies=2, aid=3, text=4, original=5, proto=6, cards=7, table=8, cid=9, picker=10, queue=11
-)
+# positions of the panel's outputs (curator.ui.outputs.Panel); a run's outputs are its message, then the panel
+_SHORT = dict(msg="message", aid="anomaly_id", text="anomaly_text", proto="prototype", table="candidate_table",
+              cid="candidate_id", original="original", gallery="gallery", anomalies="anomalies", cards="cards",
+              picker="picker", queue="queue")  # fmt: skip
+P = {short: Panel._fields.index(name) for short, name in _SHORT.items()}
 
 
 def card_info(html: str) -> dict[int, tuple[set[str], str]]:
@@ -108,7 +110,8 @@ class Recorder:
 # --- set-up -------------------------------------------------------------------------------------
 def test_start_run_creates_a_run_and_lists_it(cb, assets):
     out = start(cb, assets)
-    msg, state, saved, runs, classes, info = out
+    assert isinstance(out, RunOutputs)
+    msg, state, saved, runs, classes, info = out.message, out.state, out.saved_run, out.runs, out.picker, out.run_info
     assert msg.startswith("✔") and "2 classes" in msg
     assert (Path(state["run"]) / "run.sqlite").is_file() and saved == state["run"]
     assert [v for _, v in runs["choices"]] == [state["run"]]
@@ -145,6 +148,8 @@ BAD_INPUTS = {
     "empty generator path": (dict(gen=""), "generator folder path is empty"),
     "parameter out of range": (dict(tau=1.5), "parameter tau must be in [0, 1]"),
     "no zip uploaded": (dict(source=DATA_SOURCES[2]), "no zip uploaded"),
+    "empty zip": ("empty", "my data.zip is empty: it holds no files"),
+    "zip that is not an ImageFolder": ("flatzip", "my data.zip is not an ImageFolder"),
 }
 
 
@@ -160,6 +165,9 @@ def test_bad_input_gives_a_clear_message_and_no_run(cb, assets, tmp_path, case):
         kw = dict(source=DATA_SOURCES[2], upload=str(tmp_path / "bad.zip"))
     elif kw == "slip":
         kw = dict(source=DATA_SOURCES[2], upload=str(_zip(tmp_path / "slip.zip", {"../evil/a.png": b"x"})))
+    elif kw in ("empty", "flatzip"):  # messages name the file the person chose, never the server's folder
+        entries = {} if kw == "empty" else {"notes.txt": b"not images"}
+        kw = dict(source=DATA_SOURCES[2], upload=str(_zip(tmp_path / "my data.zip", entries)))
     elif kw == "nomodel":
         det = tmp_path / "det"
         det.mkdir()
@@ -167,7 +175,7 @@ def test_bad_input_gives_a_clear_message_and_no_run(cb, assets, tmp_path, case):
         kw = dict(det=str(det))
     out = start(cb, assets, **kw)
     assert out[0].startswith("⚠") and expected in out[0], out[0]
-    assert "Traceback" not in out[0]
+    assert "Traceback" not in out[0] and "_uploads" not in out[0] and "upload-" not in out[0]
     assert all(o == {"__type__": "update"} or isinstance(o, dict) and o.get("__type__") == "update" for o in out[1:])
     assert not list(cb.settings.runs_dir.glob("*/run.sqlite"))
     assert not (tmp_path / "evil").exists()
@@ -192,7 +200,22 @@ def test_run_class_reports_stages_and_shows_anomalies_with_candidates(cb, assets
     rec = Recorder()
     out = cb.run_class(state, 0, progress=rec)
     assert len(out) == PANEL_SIZE + 1 and out[0].startswith("✔ class a done")
-    msg, gallery, anomalies, aid, text, original, proto, cards, table, cid, picker, queue = out[1:]
+    panel = Panel(*out[1:])
+    gallery, anomalies, aid, _text, original = (
+        panel.gallery,
+        panel.anomalies,
+        panel.anomaly_id,
+        panel.anomaly_text,
+        panel.original,
+    )
+    proto, cards, table, cid, picker, queue = (
+        panel.prototype,
+        panel.cards,
+        panel.candidate_table,
+        panel.candidate_id,
+        panel.picker,
+        panel.queue,
+    )
     stages = [d.split(": ", 1)[1].split(" ")[0] for _, d in rec.calls]
     assert [s for s in STAGES if s in stages] == STAGES and stages.index("synthesis") < stages.index("refinement")
     assert all(total >= done for (done, total), _ in rec.calls)
@@ -417,8 +440,8 @@ def test_a_card_click_selects_its_candidate(cb, assets):
         def __getattr__(self, name):
             return self._data[name]
 
-    msg, selected = cb.select_candidate(state, aid, Evt())
-    assert selected == cid and msg.startswith(f"✔ candidate #{cid} selected")
+    msg, selected, pending = cb.select_candidate(state, aid, Evt())
+    assert selected == cid and msg.startswith(f"✔ candidate #{cid} selected") and pending is None
     Evt._data = {"cid": 999999}
     assert cb.select_candidate(state, aid, Evt())[0] == f"⚠ image 999999 is not a candidate of anomaly {aid}"
 
@@ -449,19 +472,24 @@ def test_overview_filters_sorts_and_jumps(cb, assets):
     state, panel = ran(cb, assets)
     cb.decide(state, 0, panel[P["aid"]], None, "drop")
     msg, df = cb.overview(state, "all classes", "dropped", True)
-    assert list(df["class"]) == ["a", "b"] and df["dropped"].iloc[0] == 1 and df["IPC"].iloc[0] == IPC
+    assert list(df["class"]) == ["a", "b", "all classes"] and df["dropped"].iloc[0] == 1 and df["IPC"].iloc[0] == IPC
     assert df["anomalies"].iloc[0] == df["label mismatch"].iloc[0] + df["low confidence"].iloc[0] == IPC
-    assert list(cb.overview(state, "not run yet", "label", False)[1]["class"]) == ["b"]
-    assert list(cb.overview(state, "with overrides", "label", False)[1]["class"]) == ["a"]
+    total = df.iloc[-1]  # the totals row sums the rows shown
+    assert total["anomalies"] == df["anomalies"].iloc[:-1].sum() and total["dropped"] == 1 and total["IPC"] == IPC
+    assert total["status"] == "1/2 done" and total["conf before"] == ""
+    assert list(cb.overview(state, "not run yet", "label", False)[1]["class"]) == ["b", "all classes"]
+    assert list(cb.overview(state, "with overrides", "label", False)[1]["class"]) == ["a", "all classes"]
 
     class Evt:
         index = [1, 0]
         row_value = None
 
-    msg, label, tabs = cb.jump_to_class(state, df.sort_values("label"), Evt())
+    msg, label, tabs = cb.jump_to_class(state, df.iloc[:-1].sort_values("label"), Evt())
     assert label["value"] == 1 and tabs.selected == "curate" and msg == "✔ class b opened"
     Evt.row_value = [0, "a", "done"]  # the page reports the row as displayed (sorted there)
     assert cb.jump_to_class(state, df, Evt())[1]["value"] == 0
+    Evt.row_value = ["", "all classes", "1/2 done"]
+    assert cb.jump_to_class(state, df, Evt())[0] == "⚠ that is the totals row: select a class's row to open it"
 
     Evt.index, Evt.row_value = [0, 0], None  # selecting a row of the anomaly table shows that anomaly
     ids = [int(a) for a in panel[P["anomalies"]]["anomaly"]]
@@ -538,3 +566,103 @@ def test_only_a_run_folder_right_inside_the_runs_folder_reopens(cb, assets):
     assert cb.open_run("_uploads")[0] == "⚠ run _uploads not found"
     assert cb.open_run(run.name)[0] == f"✔ reopened run {run.name}"  # by id, too
     assert cb.open_run("/etc")[0] == "⚠ /etc is not a run of this app (runs live in runs)"  # no server path
+
+
+# --- issue 21: a run's state, off-class picks, the place kept with the run, the typed panel ---------
+def test_start_and_reopen_clear_what_the_previous_run_showed(cb, assets):
+    first, _ = ran(cb, assets)
+    out = start(cb, assets, seed=5)
+    assert out.message.startswith("✔") and out.state["run"] != first["run"]
+    cleared = {n: getattr(out, n) for n in ("run_message", "umap_message", "umap_info", "export_message",
+                                             "overview_message")}  # fmt: skip
+    assert set(cleared.values()) == {""}, cleared
+    assert out.class_plot is None and out.run_plot is None and out.download["visible"] is False
+    assert out.preview.empty and out.overview.empty
+    labels = dict((v, t) for t, v in out.runs["choices"])
+    assert set(labels) == {first["run"], out.state["run"]}
+    assert "1/2 classes" in labels[first["run"]] and "0/2 classes" in labels[out.state["run"]]  # progress now
+    for text in labels.values():  # each run tells itself apart: dataset, generator, IPC, tau, date
+        assert re.search(r"^data · gen · IPC 3 · τ 0\.99 · \d/2 classes · \d{4}-\d\d-\d\d \d\d:\d\d · run-", text), text
+    panel = cb.open_first(out.state, 0)  # the new run's class 0 has not run: no image label of the old one
+    assert panel.anomaly_id is None and panel.original["label"] == "Flagged image"
+    again = cb.open_run(first["run"], out.state)
+    assert again.run_message == "" and again.state["run"] == first["run"]
+
+
+def _off_class(store: RunStore, aid: int):
+    a = store.image(aid)
+    return next((c.id for c in store.candidates(aid) if c.predicted != a.label), None)
+
+
+def test_an_off_class_candidate_is_kept_only_on_a_second_press(cb, assets):
+    state, _ = ran(cb, assets)
+    assert cb.run_class(state, 1, progress=None)[0].startswith("✔")
+    store = RunStore.open(state["run"])
+    off = [(a.id, a.label, _off_class(store, a.id)) for a in store.anomalies() if _off_class(store, a.id)]
+    assert len(off) >= 2, "the random detector gives off-class candidates"
+    (aid, lab, other), (aid2, lab2, other2) = off[:2]
+    names, before = store.class_names, store.decision(aid)
+    *panel, pending = cb.choose_candidate(state, lab, aid, other, None)
+    warned = f"⚠ #{other} is predicted as class {names[1 - lab]}, not {names[lab]}"
+    assert panel[0].startswith(warned) and "press “Use selected” again" in panel[0], panel[0]
+    assert pending == [aid, other] and store.decision(aid) == before  # nothing kept yet
+    assert all(o == {"__type__": "update"} for o in panel[1:])
+    second = cb.choose_candidate(state, lab, aid, other, pending)
+    kept = f"✔ #{aid}: candidate #{other} kept (overridden), though the detector predicts {names[1 - lab]}"
+    assert second[0].startswith(kept), second[0]
+    assert second[-1] is None and store.decision(aid).candidate_id == other
+    assert "kept though it is assigned to another class" in Panel(*second[:-1]).anomaly_text
+    stale = cb.choose_candidate(state, lab2, aid2, other2, pending)  # another candidate than the one pending
+    assert stale[0].startswith("⚠") and stale[-1] == [aid2, other2] and store.decision(aid2).candidate_id != other2
+
+
+def test_a_reload_reopens_the_tab_class_and_anomaly_of_the_run(cb, assets):
+    state, _ = ran(cb, assets, label=1)
+    store = RunStore.open(state["run"])
+    second = store.anomalies(1)[1].id
+    place = cb.remember_place(state, None, 1, second)
+    place = cb.remember_place(state, place, tab="curate")
+    assert place == {"run": state["run"], "label": 1, "anomaly": second, "tab": "curate"}
+    reloaded = {"run": None}  # a new page: restore reopens the run, then the place
+    out = cb.restore(state["run"], reloaded)
+    panel = cb.open_place(out.state, out.picker["value"], place)
+    assert panel.anomaly_id == second and panel.picker["value"] == 1
+    assert cb.place_tab(out.state, place).selected == "curate"
+    other_run = started(cb, assets, seed=3)  # a place of another run is not this run's: the first to review
+    assert cb.remember_place(other_run, place, 0, None) == {"run": other_run["run"], "label": 0, "anomaly": None}
+    assert (
+        cb.open_place(out.state, 0, {"run": other_run["run"], "anomaly": second}).anomaly_id == store.anomalies(1)[0].id
+    )
+
+
+def test_a_candidate_clicked_on_a_map_opens_selected(cb, assets):
+    state, panel = ran(cb, assets)
+    aid = panel[P["aid"]]
+    cid = int(panel[P["table"]]["candidate"].iloc[-1])
+    out = cb.open_from_map(state, 0, f"{aid}:{cid}")
+    assert out.anomaly_id == aid and out.candidate_id == cid and 'selected" data-cid="' + str(cid) in out.cards
+    assert cb.open_from_map(state, 0, str(aid)).candidate_id != cid or cid == panel[P["cid"]]
+
+
+def test_the_panel_wiring_follows_the_named_fields():
+    """Every handler that fills the Curate panel is wired to the components in Panel's field order,
+    and Start/Reopen/load to RunOutputs' (curator.ui.outputs): one added output cannot shift the rest."""
+    from curator.ui import build_demo
+
+    demo = build_demo(AppSettings(runs_dir=Path("/nonexistent-runs")))
+    panel, run = demo.curator_outputs["panel"], demo.curator_outputs["run"]
+    ids = {name: c.elem_id for name, c in zip(Panel._fields, panel)}
+    assert ids["anomaly_id"] == "anomaly-id" and ids["candidate_id"] == "candidate-id" and ids["picker"] == "class-dd"
+    assert ids["message"] == "status" and ids["cards"] == "candidates" and ids["queue"] == "queue-md"
+    assert len(panel) == len(Panel._fields) and len(run) == len(RunOutputs._fields)
+    by_fn = {}
+    for dep in demo.fns.values():
+        by_fn.setdefault(getattr(dep.fn, "__name__", ""), []).append([o._id for o in dep.outputs])
+    want = [c._id for c in panel]
+    for name in ("show_class", "show_anomaly", "open_first", "open_place", "undo", "next_unreviewed", "open_from_map"):
+        assert by_fn[name] and all(o == want for o in by_fn[name]), name
+    for name in ("run_class", "run_all", "regenerate"):
+        assert all(o[1:] == want for o in by_fn[name]), name
+    assert all(o[:-1] == want for o in by_fn["choose_candidate"])
+    for name in ("start_run", "open_run", "restore"):
+        assert all(o == [c._id for c in run] for o in by_fn[name]), name

@@ -279,3 +279,24 @@ def test_the_app_runs_a_stable_diffusion_folder(sd_folder, detector_folder, rgb_
     (row,) = store.synthetic(0)
     assert load_png(store.path / row.file).shape == (3, 32, 32)
     assert all(len(store.candidates(a.id)) == 2 for a in store.anomalies(0))
+
+
+def test_the_app_form_shows_and_stores_what_runs_for_stable_diffusion(sd_folder, detector_folder, rgb_folder, tmp_path):
+    """Choosing a Stable Diffusion folder fills the form with the backend's defaults (from the library's
+    resolver); a value then typed, even one equal to RunConfig's default (guidance 1.0), is stored as typed."""
+    from curator.models.loading import resolve_config
+    from curator.ui.callbacks import DATA_SOURCES, MODEL_SOURCES, Callbacks
+    from curator.ui.resources import AppSettings
+
+    cb = Callbacks(AppSettings(runs_dir=tmp_path / "runs"))
+    msg, steps, strength, guidance = cb.model_defaults(MODEL_SOURCES[1], str(sd_folder))
+    resolved = resolve_config(str(sd_folder))
+    assert (steps, strength, guidance) == (resolved.steps, resolved.strength, resolved.guidance)
+    assert guidance == 8.0 and guidance != RunConfig().guidance and "guidance 8.0" in msg
+    typed = dict(steps=RunConfig().steps, strength=RunConfig().strength, guidance=RunConfig().guidance)
+    out = cb.start_run(DATA_SOURCES[1], str(rgb_folder), None, MODEL_SOURCES[1], str(sd_folder),
+                       str(detector_folder), 1, 2, 1.0, 0.5, typed["steps"], typed["strength"], typed["guidance"], 0,
+                       None)  # fmt: skip
+    assert out[0].startswith("✔"), out[0]
+    cfg = RunStore.open(out[1]["run"]).config
+    assert (cfg.steps, cfg.strength, cfg.guidance) == (typed["steps"], typed["strength"], typed["guidance"])

@@ -77,7 +77,9 @@ def test_export_round_trip_through_torchvision(tmp_path, finished_run):
     assert list(meta.columns) == COLUMNS
     typed = pd.read_parquet(folder / METADATA)
     assert list(typed.columns) == METADATA_COLUMNS and typed.class_name.tolist() == meta.class_name.astype(str).tolist()
-    assert typed.drop(columns=["class_name", PROBS]).equals(meta.drop(columns="class_name"))
+    names = {"class_name": str, "predicted_class": str}  # digit-named classes stay text
+    csv = pd.read_csv(folder / PROVENANCE, dtype=names)
+    pd.testing.assert_frame_equal(typed.drop(columns=PROBS), csv, check_dtype=False)
     assert not (folder / "metadata.csv").exists()  # datasets refuses a CSV next to the Parquet
     expected = sum(len(final_set(store, c)) for c in range(len(store.class_names)))
     assert len(meta) == expected
@@ -272,3 +274,57 @@ def test_exports_of_the_same_run_are_byte_identical(tmp_path, finished_run):
     assert a.read_bytes() == b.read_bytes()
     assert snapshot(a.with_suffix("")) == snapshot(b.with_suffix(""))
     assert "wall_seconds" not in (b.with_suffix("") / "run.json").read_text()
+
+
+def test_the_audit_columns_load_typed_and_match_the_store(tmp_path, finished_run):
+    """Every exported image says which image, anomaly and candidate it is, why the anomaly was flagged,
+    what the detector predicts for it, its round and its decision state in the app's words; typed in
+    metadata.parquet (datasets), the card and provenance.csv, and equal to what the store holds."""
+    datasets = pytest.importorskip("datasets")
+    from curator.review import decision_state
+    from curator.store import RunStore
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run.path, copy)
+    store = RunStore.open(copy)
+    a0, a1 = store.anomalies(0)[1], store.anomalies(1)[1]
+    user_decide(store, a0.id, "candidate", store.candidates(a0.id)[-1].id)  # a person keeps a candidate
+    user_decide(store, a1.id, "original")
+    out = export_run(store, tmp_path / "export")
+
+    by_dir = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "c"))
+    by_card = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "c"))
+    for ds in (by_dir, by_card):
+        f = ds.features
+        for col in ("image_id", "anomaly_id", "candidate_id", "round"):
+            assert f[col] == datasets.Value("int64"), col
+        for col in ("anomaly_reason", "predicted_class", "decision"):
+            assert f[col] == datasets.Value("string"), col
+    csv = pd.read_csv(out / PROVENANCE, dtype={"class_name": str, "predicted_class": str})
+    for line in (out / PROVENANCE).read_text().splitlines()[1:]:  # ids as people read them: "12", never "12.0"
+        cells = line.split(",")
+        assert all("." not in cells[COLUMNS.index(c)] for c in ("image_id", "anomaly_id", "candidate_id")), line
+
+    decisions, picks, names = store.decisions(), store.auto_picks(), store.class_names
+    rows = by_dir.remove_columns("image").to_list()
+    assert len(rows) == len(csv)
+    for row, (_, line) in zip(rows, csv.iterrows(), strict=True):
+        r = store.image(row["image_id"])
+        assert line["image_id"] == row["image_id"] and row["round"] == r.round
+        assert row["predicted_class"] == names[r.predicted] == line["predicted_class"]
+        assert abs(row["confidence"] - r.confidence) < 1e-9
+        if r.kind == "candidate":  # a refined image answers its anomaly
+            assert row["candidate_id"] == r.id and row["anomaly_id"] == r.parent_id and row["source"] == "refined"
+        elif r.is_anomaly:  # an original a person kept
+            assert row["candidate_id"] is None and row["anomaly_id"] == r.id and pd.isna(line["candidate_id"])
+        else:
+            assert row["anomaly_id"] is None and row["anomaly_reason"] is None and row["decision"] == "passed"
+            continue
+        anomaly = store.image(row["anomaly_id"])
+        assert row["anomaly_reason"] == anomaly.reason == line["anomaly_reason"]
+        assert row["decision"] == decision_state(decisions[anomaly.id], picks.get(anomaly.id))
+        assert line["anomaly_id"] == row["anomaly_id"]
+    states = {r["anomaly_id"]: r["decision"] for r in rows}
+    assert states[a0.id] in ("accepted", "overridden") and states[a1.id] == "kept original"
+    card = (out / "README.md").read_text()
+    assert "name: anomaly_id\n    dtype: int64" in card and "name: decision\n    dtype: string" in card

@@ -48,7 +48,7 @@ def test_a_run_stores_every_stage_with_provenance(tmp_path, mnist, tiny_generato
                 assert all(c.predicted != label for c in cands)
     s = summaries[0]
     assert s.anomalies == len(store.anomalies(0))
-    assert s.resolved_auto + s.unresolved == s.anomalies
+    assert s.auto + s.unresolved == s.anomalies
 
 
 def test_anomalies_follow_tau(tmp_path, mnist, tiny_generator, tiny_detector):

@@ -33,17 +33,21 @@ from curator.config import ASSETS, DEFAULT_DETECTOR, DEFAULT_GENERATOR, RunConfi
 from curator.embedding import class_embedding, run_embedding
 from curator.engine import Cancelled, LocalEngine, ProgressFn
 from curator.errors import USER_ERRORS
+from curator.export import COLUMNS as EXPORT_COLUMNS
 from curator.export import export_run, unfinished_classes
+from curator.models.backends import backend_defaults
 from curator.models.loading import resolve_config
 from curator.review import decision_state, is_reviewed, review_queue, user_decide
 from curator.store import RunStore
 from curator.ui import jobs, resources, serving, visitors
+from curator.ui.outputs import PANEL_SIZE, RUN_SIZE, Panel, RunOutputs
 from curator.ui.plots import class_figure, umap_figure
 from curator.ui.resources import AppSettings
 from curator.ui.uploads import extract_image_folder
 from curator.ui.views import (
     CANDIDATE_COLUMNS,
     OVERVIEW_COLUMNS,
+    TOTAL,
     UIError,
     anomaly_view,
     cards_html,
@@ -53,6 +57,7 @@ from curator.ui.views import (
     metadata_preview,
     overview_frame,
     run_choices,
+    with_totals,
 )
 
 log = logging.getLogger("curator.ui")
@@ -63,9 +68,6 @@ DATA_SOURCES = ["built-in (mnist5k)", "folder on the server", "uploaded zip"]
 MODEL_SOURCES = ["shipped models", "model folders", "shipped detector, early generator (testbed)"]
 EARLY_GENERATOR = str(ASSETS / "generator-early")
 CENTRES = ["class", "global"]  # RunConfig.uniqueness_centre
-PANEL_SIZE = 12  # message + class gallery, anomaly table, anomaly id, anomaly text, original, prototype,
-# candidate cards (HTML), candidate table, candidate id, class picker, queue position
-RUN_SIZE = 6  # message + state, browser state, runs dropdown, class dropdown, run info
 STAGE_NAMES = {
     "prototypes": "prototypes (k-means)",
     "synthesis": "synthesis",
@@ -112,7 +114,10 @@ def guarded(n_outputs: int) -> Callable:
     def scrub(self, out):
         settings = getattr(self, "settings", None)
         if isinstance(out, tuple) and out and isinstance(out[0], str):
-            return (_scrub(out[0], settings), *out[1:])
+            first = _scrub(out[0], settings)
+            if hasattr(out, "_fields"):  # a Panel or RunOutputs keeps its names
+                return out._replace(**{out._fields[0]: first})
+            return (first, *out[1:])
         return _scrub(out, settings) if isinstance(out, str) else out
 
     def wrap(fn: Callable) -> Callable:
@@ -157,6 +162,11 @@ def _float(value, name: str) -> float:
         return float(value)
     except (TypeError, ValueError) as exc:
         raise UIError(f"{name} must be a number, got {value!r}") from exc
+
+
+def _count(n: int, one: str, many: str) -> str:
+    """``1 anomaly``, ``3 anomalies``."""
+    return f"{n} {one if n == 1 else many}"
 
 
 def _progress_fn(progress, names: list[str], where: str = "") -> ProgressFn:
@@ -233,16 +243,28 @@ class Callbacks:
             f"{Path(cfg.generator).name}"
         )
 
-    def _run_outputs(self, store: RunStore, message: str, key: str = "local") -> tuple:
+    def _run_outputs(self, store: RunStore, message: str, key: str = "local") -> RunOutputs:
+        """A run opened (Start, Reopen, reload): it becomes the session's and the browser's run, the
+        runs list is refreshed, and every message and view of the previous run is cleared."""
         path, shown = str(store.path), self._shown(store.path)
         choices = class_choices(store)
-        return (
-            message,
-            {"run": path, "key": key},
-            shown,
-            gr.update(choices=self._runs_of(key), value=shown),
-            gr.update(choices=choices, value=choices[0][1] if choices else None),
-            self._run_info(store),
+        return RunOutputs(
+            message=message,
+            state={"run": path, "key": key},
+            saved_run=shown,
+            runs=gr.update(choices=self._runs_of(key), value=shown),
+            picker=gr.update(choices=choices, value=choices[0][1] if choices else None),
+            run_info=self._run_info(store),
+            run_message="",
+            umap_message="",
+            class_plot=None,
+            run_plot=None,
+            umap_info="",
+            export_message="",
+            download=gr.update(value=None, visible=False),
+            preview=pd.DataFrame(columns=EXPORT_COLUMNS),
+            overview_message="",
+            overview=pd.DataFrame(columns=OVERVIEW_COLUMNS),
         )
 
     def _first_open(self, store: RunStore, label: int | None = None) -> tuple[int | None, int | None]:
@@ -267,7 +289,7 @@ class Callbacks:
             aid = next(todo, cv.anomaly_ids[0] if cv.anomaly_ids else None)
         if not message:
             message = (
-                f"class {cv.name}: {len(cv.gallery)} images, {len(cv.anomaly_ids)} anomalies"
+                f"class {cv.name}: {len(cv.gallery)} images, {_count(len(cv.anomaly_ids), 'anomaly', 'anomalies')}"
                 if cv.gallery
                 else f"class {cv.name} has not been run yet: press “Run this class”"
             )
@@ -275,33 +297,44 @@ class Callbacks:
         gallery = gr.update(
             value=[(_served(self.settings, p, key), c) for p, c in cv.gallery],
             selected_index=selected,
-            label=f"Class {cv.name}: synthetic set, {len(cv.gallery)} images (✓ passed; ⚠ {len(cv.anomaly_ids)} "
-            "anomalies, their states in the table below; click one to open it)",
+            label=f"Class {cv.name}: synthetic set, {len(cv.gallery)} images (✓ passed; ⚠ "
+            f"{_count(len(cv.anomaly_ids), 'anomaly', 'anomalies')}, their states in the table below; click one "
+            "to open it)",
         )
         picker = gr.update(choices=class_choices(store, queue), value=label)
         if aid is None:
             empty = "No anomaly in this class." if cv.gallery else "This class has not been run yet."
-            return (
-                message, gallery, cv.anomalies, None, empty, None, None, cards_html([], str),
-                pd.DataFrame(columns=CANDIDATE_COLUMNS), None, picker, self._queue_text(queue, None),
-            )  # fmt: skip
+            return Panel(
+                message=message,
+                gallery=gallery,
+                anomalies=cv.anomalies,
+                anomaly_id=None,
+                anomaly_text=empty,
+                original=gr.update(value=None, label="Flagged image"),
+                prototype=None,
+                cards=cards_html([], str),
+                candidate_table=pd.DataFrame(columns=CANDIDATE_COLUMNS),
+                candidate_id=None,
+                picker=picker,
+                queue=self._queue_text(queue, None),
+            )
         av = anomaly_view(store, aid)
         cid = int(candidate_id) if candidate_id not in (None, "") else None
         if cid not in av.candidate_ids:
             cid = av.chosen_id or av.pick_id
-        return (
-            message,
-            gallery,
-            cv.anomalies,
-            aid,
-            av.summary_md,
-            gr.update(value=_served(self.settings, av.original, key), label=f"Flagged #{aid}"),
-            _served(self.settings, av.prototype, key),
-            cards_html(av.cards, lambda f: _file_url(_served(self.settings, f, key)), cid),
-            av.table,
-            cid,
-            picker,
-            self._queue_text(queue, aid),
+        return Panel(
+            message=message,
+            gallery=gallery,
+            anomalies=cv.anomalies,
+            anomaly_id=aid,
+            anomaly_text=av.summary_md,
+            original=gr.update(value=_served(self.settings, av.original, key), label=f"Flagged #{aid}"),
+            prototype=_served(self.settings, av.prototype, key),
+            cards=cards_html(av.cards, lambda f: _file_url(_served(self.settings, f, key)), cid),
+            candidate_table=av.table,
+            candidate_id=cid,
+            picker=picker,
+            queue=self._queue_text(queue, aid),
         )
 
     @staticmethod
@@ -353,6 +386,23 @@ class Callbacks:
             return str(root), top if new else None
         raise UIError(f"unknown dataset source {source!r}; choose one of {DATA_SOURCES}")
 
+    @staticmethod
+    def _upload_name(upload) -> str | None:
+        """The name of the file the person chose (Gradio keeps it as the uploaded file's name)."""
+        path = upload if isinstance(upload, str | Path) or upload is None else getattr(upload, "name", None)
+        return Path(path).name if path else None
+
+    @contextmanager
+    def _named_as_uploaded(self, spec: str, upload):
+        """Errors about an extracted upload name the zip the person chose, not the server's folder."""
+        name = self._upload_name(upload)
+        try:
+            yield
+        except USER_ERRORS as exc:
+            if not name or spec not in str(exc):
+                raise
+            raise UIError(str(exc).replace(spec, name)) from exc
+
     def _model_paths(self, source: str, gen: str | None, det: str | None) -> tuple[str, str]:
         if source not in self.model_sources():
             raise UIError(f"unknown model source {source!r}; choose one of {self.model_sources()}")
@@ -368,6 +418,32 @@ class Callbacks:
         if not det:
             raise UIError("detector folder path is empty")
         return self._server_folder(gen, "generator folder"), self._server_folder(det, "detector folder")
+
+    FORM_DEFAULTS = ("steps", "strength", "guidance")  # the run parameters a generator backend brings
+
+    def model_defaults(self, model_source: str, gen_path: str | None = None) -> tuple:
+        """(message, steps, strength, guidance) for the form when a model is chosen: the values
+        ``resolve_config`` gives that generator (the library's one resolver of backend defaults:
+        guidance 8 for Stable Diffusion, 4 for DiT, ...). For a model folder the form changes only
+        when its backend brings defaults of its own, so a typed value is never replaced by a
+        RunConfig default; what is then typed is what runs."""
+        skip = (gr.skip(),) * (1 + len(self.FORM_DEFAULTS))
+        try:
+            if model_source == MODEL_SOURCES[1]:
+                gen = (gen_path or "").strip()
+                if not gen or not backend_defaults(gen):
+                    return skip
+                generator = gen
+            elif model_source in (MODEL_SOURCES[0], MODEL_SOURCES[2]):
+                generator = self._model_paths(model_source, None, None)[0]
+            else:
+                return skip
+            cfg = resolve_config(generator)
+        except (*USER_ERRORS, UIError, ValueError):  # a half-typed path: leave the form as it is
+            return skip
+        values = [getattr(cfg, f) for f in self.FORM_DEFAULTS]
+        said = ", ".join(f"{f} {v}" for f, v in zip(self.FORM_DEFAULTS, values))
+        return (f"the model's defaults filled in: {said} (change them if you like: what the form shows runs)", *values)
 
     @guarded(RUN_SIZE)
     def start_run(
@@ -407,14 +483,14 @@ class Callbacks:
             uniqueness_centre=uniqueness_centre or RunConfig.uniqueness_centre,
         )
         RunConfig(generator=generator, detector=detector, **values).validate()  # ranges first, then the data
-        # Fields left at RunConfig's defaults take the generator backend's (guidance 8 for Stable
-        # Diffusion, ...): the same resolver as the CLI's.
-        defaults = RunConfig()
-        given = {k: v for k, v in values.items() if v != getattr(defaults, k)}
+        # What the form shows is what runs: every value is given (the form was filled with the
+        # backend's own defaults when its model was chosen: ``model_defaults``), as in the CLI,
+        # where only an absent value takes the backend's default.
         spec, extracted = self._dataset_spec(data_source, folder, upload)
         try:
-            config = resolve_config(generator, detector=detector, data=spec, **given)
-            data, gen, det = resources.components(config)
+            config = resolve_config(generator, detector=detector, data=spec, **values)
+            with self._named_as_uploaded(spec, upload if data_source == DATA_SOURCES[2] else None):
+                data, gen, det = resources.components(config)
             # Creating a run only checks and stores it; the jobs run it on the app's engine (``jobs.run_job``).
             pipe = LocalEngine.create(config, str(self.settings.runs_dir), data=data, generator=gen, detector=det)
             visitors.claim(pipe.store.path, key)  # public mode: the run is this visitor's (private: "local")
@@ -467,14 +543,58 @@ class Callbacks:
             return self.open_run(saved, state, request)
         # Nothing to reopen: leave status and state alone, so a slow page load cannot wipe a run
         # the user started in the meantime.
-        return (
-            gr.skip(),
-            gr.skip(),
-            gr.skip(),
-            gr.update(choices=self._runs_of(key)),
-            gr.skip(),
-            gr.skip(),
-        )
+        return RunOutputs.skip(runs=gr.update(choices=self._runs_of(key)))
+
+    TABS = ("setup", "curate", "overview", "embeddings", "export")
+
+    def remember_place(self, state: dict | None, place: dict | None, label=None, anomaly_id=None, tab=None):
+        """The place this browser keeps with its run (``gr.BrowserState``): the tab, class and
+        anomaly in view. Given values replace the kept ones; a new run starts a new place. ``tab``
+        comes from a click on a tab (``"curate"``, or ``"curate:<n>"`` as the page sends it). With
+        no run open yet (a page still loading) the kept place is left as it is."""
+        run = (state or {}).get("run")
+        if not run:
+            return gr.skip()
+        kept = dict(place) if isinstance(place, dict) and place.get("run") == run else {"run": run}
+        tab = str(tab).partition(":")[0] if tab is not None else None
+        if tab in self.TABS:
+            kept["tab"] = tab
+        if label not in (None, ""):
+            try:
+                kept["label"] = int(float(label))
+            except (TypeError, ValueError):
+                pass
+        if tab is None:  # the anomaly in view changed (None: no anomaly shown)
+            kept["anomaly"] = int(anomaly_id) if anomaly_id not in (None, "") else None
+        return kept
+
+    @guarded(PANEL_SIZE)
+    def open_place(self, state: dict | None, label=None, place: dict | None = None) -> tuple:
+        """After a page load: the anomaly (or class) this browser had in view in its run, else the
+        first anomaly still to review."""
+        run = (state or {}).get("run")
+        if not run or not isinstance(place, dict) or place.get("run") != run:
+            return self.open_first(state, label)
+        with self._store(state) as store:
+            aid = place.get("anomaly")
+            if aid is not None:
+                try:
+                    row = store.image(int(aid))
+                except (*USER_ERRORS, ValueError):
+                    row = None
+                if row is not None and row.is_anomaly:
+                    return self.panel(store, row.label, row.id, key=self._key(state))
+            lab = place.get("label")
+            if isinstance(lab, int) and 0 <= lab < len(store.class_names):
+                return self.panel(store, lab, key=self._key(state))
+        return self.open_first(state, label)
+
+    def place_tab(self, state: dict | None, place: dict | None = None):
+        """The tab this browser had open in its run (after a reload), or Set-up."""
+        run = (state or {}).get("run")
+        if run and isinstance(place, dict) and place.get("run") == run and place.get("tab") in self.TABS:
+            return gr.Tabs(selected=place["tab"])
+        return gr.skip()
 
     def refresh_runs(self, request: gr.Request = None) -> dict:
         return gr.update(choices=self._runs_of(visitors.request_key(request, self.settings)))
@@ -509,10 +629,8 @@ class Callbacks:
             todo = [c.label for c in store.classes() if c.status != "done"]
         opened = anomaly_id not in (None, "")
 
-        def picker_only(store: RunStore, queue=None) -> list:  # the panel left alone but the picker's counts
-            out = [gr.skip()] * PANEL_SIZE
-            out[10] = gr.update(choices=class_choices(store, queue))
-            return out
+        def picker_only(store: RunStore, queue=None) -> Panel:  # the panel left alone but the picker's counts
+            return Panel.skip(picker=gr.update(choices=class_choices(store, queue)))
 
         t0 = time.perf_counter()
         for i, lab in enumerate(todo):
@@ -563,7 +681,7 @@ class Callbacks:
         """The first anomaly still to review (in ``label`` if it has one, else in the run); the class
         otherwise. With no run open it changes nothing (it follows Start, Reopen and page load)."""
         if not (state or {}).get("run"):
-            return tuple(gr.skip() for _ in range(PANEL_SIZE))
+            return Panel.skip()
         with self._store(state) as store:
             lab = self._label(store, label) if label not in (None, "") else 0
             first_label, first = self._first_open(store, lab)
@@ -581,15 +699,27 @@ class Callbacks:
             return self.panel(store, row.label, aid, key=self._key(state))
 
     @guarded(PANEL_SIZE)
+    def open_from_map(self, state: dict | None, label, clicked) -> tuple:
+        """A click on either map: ``"<anomaly id>"`` opens the anomaly, ``"<anomaly id>:<candidate id>"``
+        (a candidate or a pick) opens it with that candidate selected."""
+        aid, _, cid = str(clicked or "").partition(":")
+        out = self.show_anomaly(state, label, aid)
+        if not cid or not isinstance(out, Panel):
+            return out
+        with self._store(state) as store:
+            lab = store.image(_int(aid, "anomaly id")).label
+            c = _int(cid, "candidate id")
+            return self.panel(store, lab, out.anomaly_id, c, message=ok(f"candidate #{c} selected (from the map)"),
+                              key=self._key(state))  # fmt: skip
+
+    @guarded(PANEL_SIZE)
     def select_class_image(self, state: dict | None, label, evt: gr.SelectData) -> tuple:
         with self._store(state) as store:
             lab = self._label(store, label)
             rows = store.synthetic(lab)
             r = rows[evt.index if isinstance(evt.index, int) else evt.index[0]]
             if not r.is_anomaly:
-                return (ok(f"image #{r.id} passed inspection (confidence {r.confidence:.4f})"),) + tuple(
-                    gr.skip() for _ in range(PANEL_SIZE - 1)
-                )
+                return Panel.skip(message=ok(f"image #{r.id} passed inspection (confidence {r.confidence:.4f})"))
             return self.panel(store, lab, r.id, key=self._key(state))
 
     @guarded(PANEL_SIZE)
@@ -641,7 +771,7 @@ class Callbacks:
         start = ids.index(after) + 1 if after in ids else 0
         return next((q for q in queue[start:] + queue[:start] if not q.reviewed and q.anomaly_id != after), None)
 
-    @guarded(2)
+    @guarded(3)
     def select_candidate(self, state: dict | None, anomaly_id, evt: gr.EventData) -> tuple:
         """A click on a candidate card (its id comes with the event) selects it."""
         with self._store(state) as store:
@@ -649,7 +779,30 @@ class Callbacks:
             cid = _int(getattr(evt, "cid", None), "candidate id")
             if cid not in {c.id for c in store.candidates(aid)}:
                 raise UIError(f"image {cid} is not a candidate of anomaly {aid}")
-            return ok(f"candidate #{cid} selected: press “Use selected” to keep it for #{aid}"), cid
+            c, a = store.image(cid), store.image(aid)
+            other = (
+                f" (predicted as class {store.class_names[c.predicted]}: keeping it needs a second press)"
+                if c.predicted != a.label
+                else ""
+            )
+            return ok(f"candidate #{cid} selected: press “Use selected” to keep it for #{aid}{other}"), cid, None
+
+    @guarded(PANEL_SIZE + 1)
+    def choose_candidate(self, state: dict | None, label, anomaly_id, candidate_id, pending=None) -> tuple:
+        """“Use selected”: keep the selected candidate. One that the detector assigns to another
+        class is kept only on a second press for the same candidate; the first press says so and
+        changes nothing. Outputs: the panel, then what awaits confirmation ([anomaly, candidate] or None)."""
+        with self._store(state) as store:
+            aid, cid = _int(anomaly_id, "anomaly id"), _int(candidate_id, "candidate id")
+            a, c = store.image(aid), store.image(cid)
+            if c.parent_id == aid and c.predicted != a.label and list(pending or []) != [aid, cid]:
+                names = store.class_names
+                msg = warn(
+                    f"#{cid} is predicted as class {names[c.predicted]}, not {names[a.label]} (confidence "
+                    f"{c.confidence:.3f}): press “Use selected” again to keep it anyway, or select another"
+                )
+                return (*Panel.skip(message=msg), [aid, cid])
+        return (*self.decide(state, label, aid, cid, "candidate"), None)
 
     @guarded(PANEL_SIZE)
     def decide(self, state: dict | None, label, anomaly_id, candidate_id, action: str) -> tuple:
@@ -679,6 +832,9 @@ class Callbacks:
             if action == "candidate":
                 d = user_decide(store, aid, "candidate", _int(candidate_id, "candidate id"))
                 msg = f"#{aid}: candidate #{d.candidate_id} kept ({decision_state(d, store.auto_pick(aid))})"
+                predicted = store.image(d.candidate_id).predicted
+                if predicted != a.label:  # an off-class keep (confirmed in ``choose_candidate``)
+                    msg += f", though the detector predicts {store.class_names[predicted]}"
             elif action in ("original", "drop"):
                 user_decide(store, aid, action)
                 msg = f"#{aid}: {'original kept' if action == 'original' else 'dropped'} (your decision)"
@@ -720,7 +876,7 @@ class Callbacks:
     def overview(self, state: dict | None, filter_by: str, sort_by: str, descending: bool) -> tuple:
         with self._store(state) as store:
             df = overview_frame(store, filter_by, sort_by, bool(descending))
-            return ok(f"{len(df)} of {len(store.class_names)} classes shown"), df
+            return ok(f"{len(df)} of {len(store.class_names)} classes shown; the last row sums them"), with_totals(df)
 
     @guarded(3)
     def jump_to_class(self, state: dict | None, table, evt: gr.SelectData) -> tuple:
@@ -729,10 +885,13 @@ class Callbacks:
         if df.empty or "label" not in df:
             raise UIError("the overview is empty: refresh it first")
         if getattr(evt, "row_value", None):  # the row as displayed (the table may be sorted in the page)
-            lab, name = int(evt.row_value[0]), evt.row_value[1]
+            lab, name = evt.row_value[0], evt.row_value[1]
         else:
             row = df.iloc[int(evt.index[0] if isinstance(evt.index, list | tuple) else evt.index)]
-            lab, name = int(row["label"]), row["class"]
+            lab, name = row["label"], row["class"]
+        if name == TOTAL or lab in (None, ""):
+            raise UIError("that is the totals row: select a class's row to open it")
+        lab = int(lab)
         return ok(f"class {name} opened"), gr.update(value=lab), gr.Tabs(selected="curate")
 
     # --- embeddings ----------------------------------------------------------------------------
@@ -789,7 +948,7 @@ class Callbacks:
             note = f" (partial: unfinished classes {', '.join(missing)} left out)" if missing else ""
             return (
                 ok(f"exported {n} images as {zip_path.name}: press Download{note}"),
-                gr.update(value=str(zip_path), visible=True, label=f"Download {zip_path.name}"),
+                gr.update(value=str(zip_path), visible=True),  # a plain "Download zip": the message names the file
                 preview,
             )
 

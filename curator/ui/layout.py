@@ -15,7 +15,8 @@ import pandas as pd
 from curator.config import RunConfig, rule
 from curator.export import COLUMNS as EXPORT_COLUMNS
 from curator.ui import resources, serving, visitors
-from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, PANEL_SIZE, RUN_SIZE, Callbacks
+from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, Callbacks
+from curator.ui.outputs import Panel, RunOutputs
 from curator.ui.plots import COLOR_BY, PLOT_JS
 from curator.ui.resources import AppSettings
 from curator.ui.views import ANOMALY_COLUMNS, CANDIDATE_COLUMNS, OVERVIEW_COLUMNS, OVERVIEW_FILTERS
@@ -47,7 +48,23 @@ document.addEventListener("keydown", (e) => {
 });
 </script>
 """
-HEAD = HEAD.replace("{plot_js}", PLOT_JS)  # hover thumbnails and click-to-open on the class map
+# A click on a tab button writes "<tab id>:<time>" into #tab-click (its "change" reaches the server),
+# so the place kept with the run follows the tabs a person opens.
+TAB_JS = """
+<script>
+document.addEventListener("click", (e) => {
+  const b = e.target && e.target.closest && e.target.closest('button[role="tab"]');
+  if (!b) return;
+  const id = b.dataset.tabId;  // the gr.Tab's id
+  const root = document.getElementById("tab-click");
+  const box = root && (root.matches("input, textarea") ? root : root.querySelector("textarea, input"));
+  if (!id || !box) return;
+  box.value = `${id}:${Date.now()}`;
+  box.dispatchEvent(new Event("input", {bubbles: true}));
+}, true);
+</script>
+"""
+HEAD = HEAD.replace("{plot_js}", PLOT_JS) + TAB_JS  # hover thumbnails and click-to-open on the class map
 
 # Selecting a card: mark it at once in the page, and tell the server (which fills "Selected candidate").
 CARDS_JS = """
@@ -99,6 +116,12 @@ CSS = """
 .card.pick { border-color: #d97706; box-shadow: inset 0 0 0 1px #d97706; }
 .card.chosen { border-color: #15803d; box-shadow: inset 0 0 0 2px #15803d; }
 .card.selected { outline: 3px solid #6366f1; outline-offset: 1px; }
+details.round { margin: 0 0 4px; } details.round > .cards { margin-top: 3px; }
+details.round > summary { cursor: pointer; font-weight: 600; font-size: 12px; color: var(--body-text-color-subdued); }
+#overview-table th, #anomaly-table th, #candidate-table th, #export-preview th { white-space: normal; }
+#overview-table td, #overview-table th { padding: 3px 4px !important; }
+#overview-table table, #overview-table td *, #overview-table th * { font-size: 11.5px !important; }
+#overview-table th, #overview-table th * { word-break: normal !important; overflow-wrap: normal !important; }
 """
 
 THEME = gr.themes.Soft(
@@ -147,6 +170,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     with gr.Blocks(title="The curator") as demo:
         state = gr.State({"run": None})
         saved_run = gr.BrowserState(None, storage_key="curator-run")
+        # the tab, class and anomaly in view, kept with the run: a reload reopens there
+        saved_place = gr.BrowserState(None, storage_key="curator-place")
+        pending = gr.State(None)  # an off-class candidate awaiting its second "Use selected"
+        tab_click = gr.Textbox(visible="hidden", elem_id="tab-click")  # TAB_JS writes the tab a person opened
         gr.Markdown(
             "# The curator\nDetector-guided dataset distillation: synthesise a few images per class, let a "
             "detector flag the wrong ones, pick among K candidates each, review, export.",
@@ -155,16 +182,19 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         run_info = gr.Markdown("No run open: start one in Set-up, or reopen one.", elem_id="run-info")
 
         with gr.Tabs(selected="setup") as tabs:
-            with gr.Tab("Set-up", id="setup"):
+            with gr.Tab("Set-up", id="setup") as setup_tab:
                 gr.Markdown(f"**Device in use:** {resources.device_text()}")
                 with gr.Row():
                     with gr.Column():
                         data_source = gr.Radio(cb.data_sources(), value=DATA_SOURCES[0], label="Dataset")
+                        # only what the chosen source needs is shown (data_source.change below)
                         folder = gr.Textbox(
-                            label="ImageFolder path on the server", placeholder="/data/my_images",
-                            visible=DATA_SOURCES[1] in cb.data_sources(),
+                            label="ImageFolder path on the server", placeholder="/data/my_images", visible=False
+                        )
+                        upload = gr.File(
+                            label="Zip of an ImageFolder (root/<class>/<image>)", file_types=[".zip"],
+                            type="filepath", visible=False,
                         )  # fmt: skip
-                        upload = gr.File(label="…or a zip of an ImageFolder", file_types=[".zip"], type="filepath")
                     with gr.Column():
                         model_source = gr.Radio(
                             cb.model_sources(), value=MODEL_SOURCES[0], label="Models",
@@ -172,15 +202,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                             "(a testbed; assets/generator-early/README.md), not for real distillation.",
                         )  # fmt: skip
                         gen_path = gr.Textbox(
-                            label="Generator folder",
-                            placeholder=d.generator,
-                            visible=MODEL_SOURCES[1] in cb.model_sources(),
-                        )
-                        det_path = gr.Textbox(
-                            label="Detector folder",
-                            placeholder=d.detector,
-                            visible=MODEL_SOURCES[1] in cb.model_sources(),
-                        )
+                            label="Generator folder", placeholder=d.generator, visible=False,
+                            info="Stable Diffusion and DiT folders fill in their own steps, strength and guidance",
+                        )  # fmt: skip
+                        det_path = gr.Textbox(label="Detector folder", placeholder=d.detector, visible=False)
                 with gr.Row():
                     # plain numbers, checked on Start: an out-of-range value is refused with its range
                     ipc = gr.Number(d.ipc, label="IPC (images per class)", precision=0, info=rule("ipc"))
@@ -201,7 +226,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     setup_msg = _msg("setup-msg")
                 with gr.Row(equal_height=True):
                     # choices change per session; custom values let API clients pass them (the handlers validate)
-                    runs = gr.Dropdown(choices=[], label="Existing runs", scale=4, allow_custom_value=True)
+                    runs = gr.Dropdown(choices=[], label="Existing runs", scale=4, allow_custom_value=True,
+                                       elem_id="runs-dd")  # fmt: skip
                     refresh_btn = gr.Button("↻", scale=0, min_width=50)
                     open_btn = gr.Button("Reopen run", scale=1, elem_id="open-btn")
 
@@ -257,16 +283,16 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 class_gallery = gr.Gallery(
                     label="Synthetic set", columns=10, height=190, allow_preview=False, elem_id="class-gallery"
                 )
-                with gr.Row():
-                    # tables start with their headers: never an empty grid headed "1 2 3"
-                    anomaly_table = gr.Dataframe(
-                        pd.DataFrame(columns=ANOMALY_COLUMNS), label="Anomalies of this class (select a row)",
-                        interactive=False, max_height=260, elem_id="anomaly-table",
-                    )  # fmt: skip
-                    candidate_table = gr.Dataframe(
-                        pd.DataFrame(columns=CANDIDATE_COLUMNS), label="Candidate scores", interactive=False,
-                        max_height=260, elem_id="candidate-table",
-                    )  # fmt: skip
+                # tables start with their headers (never an empty grid headed "1 2 3"); each takes the
+                # full width, so every column shows at 1400 px
+                anomaly_table = gr.Dataframe(
+                    pd.DataFrame(columns=ANOMALY_COLUMNS), label="Anomalies of this class (select a row)",
+                    interactive=False, max_height=260, elem_id="anomaly-table", wrap=True,
+                )  # fmt: skip
+                candidate_table = gr.Dataframe(
+                    pd.DataFrame(columns=CANDIDATE_COLUMNS), label="Candidate scores of the anomaly in view",
+                    interactive=False, max_height=260, elem_id="candidate-table", wrap=True,
+                )  # fmt: skip
                 gr.Markdown(SHORTCUTS)
 
             with gr.Tab("Overview", id="overview") as overview_tab:
@@ -277,8 +303,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     ov_btn = gr.Button("Refresh", elem_id="overview-btn", scale=0, size="sm")
                 ov_msg = _msg("overview-msg")
                 ov_table = gr.Dataframe(
-                    pd.DataFrame(columns=OVERVIEW_COLUMNS), label="Per class (select a row to open the class)",
-                    interactive=False, elem_id="overview-table",
+                    pd.DataFrame(columns=OVERVIEW_COLUMNS),
+                    label="Per class (select a row to open the class; the last row sums the rows shown)",
+                    interactive=False, elem_id="overview-table", wrap=True,
                 )  # fmt: skip
 
             with gr.Tab("Embeddings", id="embeddings") as embeddings_tab:
@@ -289,7 +316,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     color_by = gr.Radio(list(COLOR_BY), value="class", label="Whole run colours", scale=1)
                     umap_msg = _msg("umap-msg")
                 gr.Markdown(
-                    "Hover a point to see its image; click an anomaly, candidate or pick to open it in Curate. "
+                    "Hover a point to see its image; click an anomaly to open it in Curate, or a candidate or pick "
+                    "to open its anomaly with that candidate selected. "
                     "Symbols: ● real · ◆ prototype · ■ passed · ✕ anomaly · ○ candidate · ★ pick.",
                     elem_id="umap-help",
                 )
@@ -303,29 +331,53 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 with gr.Row(elem_id="export-row"):
                     export_btn = gr.Button("Export curated set", variant="primary", elem_id="export-btn", scale=0,
                                            min_width=200, size="sm")  # fmt: skip
-                    download = gr.DownloadButton("Download zip", visible=False, elem_id="download-btn", scale=0)
+                    download = gr.DownloadButton(
+                        "Download zip", visible=False, elem_id="download-btn", scale=0, min_width=140, size="sm"
+                    )
                     export_msg = _msg("export-msg")
                 preview = gr.Dataframe(
-                    pd.DataFrame(columns=EXPORT_COLUMNS), label="provenance.csv (first 50 rows)", interactive=False
-                )
+                    pd.DataFrame(columns=EXPORT_COLUMNS), label="provenance.csv (first 50 rows)", interactive=False,
+                    elem_id="export-preview", wrap=True,
+                )  # fmt: skip
 
-        run_outputs = [setup_msg, state, saved_run, runs, label, run_info]
-        assert len(run_outputs) == RUN_SIZE
-        panel = [
-            action_msg,
-            class_gallery,
-            anomaly_table,
-            anomaly_id,
-            anomaly_md,
-            original,
-            prototype,
-            cards,
-            candidate_table,
-            candidate_id,
-            label,
-            queue_md,
-        ]
-        assert len(panel) == PANEL_SIZE
+        # named outputs: the field order of Panel / RunOutputs is the order of these lists (curator.ui.outputs)
+        run_outputs = list(
+            RunOutputs(
+                message=setup_msg,
+                state=state,
+                saved_run=saved_run,
+                runs=runs,
+                picker=label,
+                run_info=run_info,
+                run_message=run_msg,
+                umap_message=umap_msg,
+                class_plot=class_plot,
+                run_plot=umap_plot,
+                umap_info=umap_info,
+                export_message=export_msg,
+                download=download,
+                preview=preview,
+                overview_message=ov_msg,
+                overview=ov_table,
+            )
+        )
+        panel = list(
+            Panel(
+                message=action_msg,
+                gallery=class_gallery,
+                anomalies=anomaly_table,
+                anomaly_id=anomaly_id,
+                anomaly_text=anomaly_md,
+                original=original,
+                prototype=prototype,
+                cards=cards,
+                candidate_table=candidate_table,
+                candidate_id=candidate_id,
+                picker=label,
+                queue=queue_md,
+            )
+        )
+        demo.curator_outputs = {"run": run_outputs, "panel": panel}  # for the wiring test
 
         setup_inputs = [data_source, folder, upload, model_source, gen_path, det_path]
         setup_inputs += [ipc, k, tau, lam, steps, strength, guidance, seed, state, centre]
@@ -336,18 +388,46 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             cb.open_first, [state, label], panel, api_name="show_after_open", api_visibility="private"
         )
         refresh_btn.click(cb.refresh_runs, None, runs, api_visibility="private")
+        setup_tab.select(cb.refresh_runs, None, runs, api_visibility="private", show_progress="hidden")  # progress now
         demo.load(cb.restore, [saved_run, state], run_outputs, api_visibility="private").then(
-            cb.open_first, [state, label], panel, api_name="show_after_load", api_visibility="private"
-        )
+            cb.open_place, [state, label, saved_place], panel, api_name="show_after_load", api_visibility="private"
+        ).then(cb.place_tab, [state, saved_place], tabs, api_visibility="private")
+
+        # Set-up shows what applies to the chosen sources, and a model's own defaults when it is chosen
+        data_source.change(
+            lambda src: (gr.update(visible=src == DATA_SOURCES[1]), gr.update(visible=src == DATA_SOURCES[2])),
+            data_source, [folder, upload], api_visibility="private", queue=False,
+        )  # fmt: skip
+        model_source.change(
+            lambda src: (gr.update(visible=src == MODEL_SOURCES[1]),) * 2, model_source, [gen_path, det_path],
+            api_visibility="private", queue=False,
+        )  # fmt: skip
+        form_defaults = [setup_msg, steps, strength, guidance]
+        quiet = dict(api_visibility="private", show_progress="hidden")  # no spinner over the form for a lookup
+        model_source.change(cb.model_defaults, [model_source, gen_path], form_defaults, **quiet)
+        for trigger in (gen_path.blur, gen_path.submit):
+            trigger(cb.model_defaults, [model_source, gen_path], form_defaults, **quiet)
+
+        # where this browser is (tab, class, anomaly), kept with its run
+        anomaly_id.change(
+            lambda s, p, lab, a: cb.remember_place(s, p, lab, a), [state, saved_place, label, anomaly_id],
+            saved_place, api_visibility="private", queue=False,
+        )  # fmt: skip
+        # a person's click on a tab (TAB_JS; Gradio also fires a tab's "select" when the page mounts,
+        # which would overwrite the kept tab before a reload could reopen it)
+        tab_click.change(lambda s, p, t: cb.remember_place(s, p, tab=t), [state, saved_place, tab_click], saved_place,
+                        api_visibility="private", queue=False)  # fmt: skip
 
         # one device queue: users take turns on the accelerator; progress shows on the job's own line
         gen_kw = dict(concurrency_id="device", concurrency_limit=1)
         run_btn.click(cb.run_class, [state, label], [run_msg] + panel, api_name="run_class",
-                      show_progress_on=[run_msg], **gen_kw)  # fmt: skip
+                      show_progress_on=[run_msg], **gen_kw).then(
+            cb.refresh_runs, None, runs, api_visibility="private"
+        )  # fmt: skip
         run_all_btn.click(cb.run_all, [state, label, anomaly_id], [run_msg] + panel, api_name="run_all",
                           show_progress_on=[run_msg], **gen_kw).then(
             cb.queue_position, [state, anomaly_id], queue_md, api_visibility="private"
-        )  # fmt: skip
+        ).then(cb.refresh_runs, None, runs, api_visibility="private")  # fmt: skip
         cancel_btn.click(cb.cancel, [state], run_msg, api_name="cancel", queue=False)
         regen_btn.click(cb.regenerate, [state, label, anomaly_id], [run_msg] + panel, api_name="regenerate",
                         show_progress_on=[run_msg], **gen_kw)  # fmt: skip
@@ -366,10 +446,13 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             lambda s, lab, a: cb.step_anomaly(s, lab, a, 1), [state, label, anomaly_id], panel, api_name="next_anomaly"
         )
         todo_btn.click(cb.next_unreviewed, [state, label, anomaly_id], panel, api_name="next_unreviewed")
-        cards.click(cb.select_candidate, [state, anomaly_id], [action_msg, candidate_id], api_visibility="private")
+        cards.click(cb.select_candidate, [state, anomaly_id], [action_msg, candidate_id, pending],
+                    api_visibility="private")  # fmt: skip
+        # a candidate of another class is kept on a second press only (the first one says so)
+        choose_btn.click(cb.choose_candidate, [state, label, anomaly_id, candidate_id, pending], panel + [pending],
+                         api_name="choose_candidate")  # fmt: skip
         for btn, action, name in (
             (accept_btn, "accept", "accept_pick"),
-            (choose_btn, "candidate", "choose_candidate"),
             (original_btn, "original", "keep_original"),
             (drop_btn, "drop", "drop_image"),
         ):
@@ -386,9 +469,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         overview_tab.select(cb.overview, ov_inputs, [ov_msg, ov_table], api_visibility="private")
         for trigger in (ov_filter.input, ov_sort.input, ov_desc.input):
             trigger(cb.overview, ov_inputs, [ov_msg, ov_table], api_visibility="private")
+        # a tab opened by the app (not by a click on it) is remembered too
+        to_curate = dict(fn=lambda s, p: cb.remember_place(s, p, tab="curate"), inputs=[state, saved_place],
+                         outputs=saved_place, api_visibility="private", queue=False)  # fmt: skip
         ov_table.select(cb.jump_to_class, [state, ov_table], [ov_msg, label, tabs], api_visibility="private").then(
             cb.show_class, [state, label], panel, api_name="show_after_jump", api_visibility="private"
-        )
+        ).then(**to_curate)
 
         umap_kw = dict(concurrency_id="umap", concurrency_limit=1)  # one UMAP fit at a time
         show_class_map = dict(fn=lambda: (gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)),
@@ -402,9 +488,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         umap_io = ([state, color_by], [umap_msg, umap_plot, umap_info])
         umap_btn.click(**show_run_map).then(cb.embedding, *umap_io, api_name="embedding", **umap_kw)
         color_by.input(**show_run_map).then(cb.embedding, *umap_io, api_visibility="private", **umap_kw)
-        umap_open.click(cb.show_anomaly, [state, label, umap_click], panel, api_visibility="private").then(
+        umap_open.click(cb.open_from_map, [state, label, umap_click], panel, api_visibility="private").then(
             lambda: gr.Tabs(selected="curate"), None, tabs, api_visibility="private"
-        )
+        ).then(**to_curate)
 
         export_btn.click(cb.export, [state], [export_msg, download, preview], api_name="export")
     return demo

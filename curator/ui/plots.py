@@ -214,7 +214,8 @@ def class_figure(frame: pd.DataFrame, title: str, thumb_url: Callable[[str], str
         for (_, row), r in zip(sub.iterrows(), rows):
             lines = [_header(row, r[0], r[5]), r[3]]
             if r[5]:
-                lines.append(f"<i>click to open anomaly #{r[5]}</i>")
+                selected = " with it selected" if r[1] in ("candidate", "pick") else ""
+                lines.append(f"<i>click to open anomaly #{r[5]}{selected}</i>")
             text.append("<br>".join(line for line in lines if line))
         fig.add_trace(
             go.Scatter(
@@ -256,8 +257,8 @@ def class_figure(frame: pd.DataFrame, title: str, thumb_url: Callable[[str], str
 # Plotly graph divs inside #class-umap get handlers once (marked data-curator-umap; attached again
 # when plotly re-initialises the div and so drops them). Hovering a point whose customdata[4] is a
 # URL shows that image at the mouse; clicking a point whose customdata[5] is an anomaly id writes
-# it into the textbox inside #umap-click (an "input" event lets Gradio see it) and clicks
-# #umap-open-btn. Missing elements are skipped silently.
+# it (with ":<image id>" for a candidate or a pick) into the textbox inside #umap-click (an
+# "input" event lets Gradio see it) and clicks #umap-open-btn. Missing elements are skipped silently.
 PLOT_JS = """
 (() => {
   if (window.__curatorUmap) return;
@@ -301,7 +302,10 @@ PLOT_JS = """
       const btn = el && (el.tagName === 'BUTTON' ? el : el.querySelector('button') || el);
       if (!input || !btn) return;
       hide();
-      input.value = String(id);
+      const d = data(ev), kind = d[1];
+      // a candidate or a pick opens its anomaly with that candidate selected
+      const own = String(d[0] || '').replace('#', '');  // the run map writes "#12", the class map "12"
+      input.value = (kind === 'candidate' || kind === 'pick') && own ? `${id}:${own}` : String(id);
       input.dispatchEvent(new Event('input', {bubbles: true}));
       btn.click();
     });

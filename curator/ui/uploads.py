@@ -62,6 +62,8 @@ def _file_hash(path: Path) -> str:
 
 def _check_limits(zf: zipfile.ZipFile, name: str, limits: UploadLimits) -> list[zipfile.ZipInfo]:
     infos = zf.infolist()
+    if not any(not info.is_dir() for info in infos):
+        raise DataError(f"{name} is empty: it holds no files; zip a folder of class folders (root/<class>/<image>)")
     if len(infos) > limits.max_files:
         raise DataError(f"{name} has {len(infos)} entries; the limit is {limits.max_files} (CURATOR_MAX_FILES)")
     total = 0

@@ -9,6 +9,7 @@ pipeline stored when it selected (its centre, ``RunConfig.uniqueness_centre``), 
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,7 @@ class Card:
     mark: str  # a key of MARKS
     pick: bool  # the stored automatic pick
     chosen: bool  # the decision in force keeps this candidate
+    round: int = 1  # the round of K candidates it came from (Regenerate adds one)
 
 
 @dataclass
@@ -191,6 +193,7 @@ def anomaly_view(store: RunStore, anomaly_id: int) -> AnomalyView:
                 mark=mark,
                 pick=c.id == pick,
                 chosen=c.id == chosen,
+                round=int(c.round),
             )
         )
         rows.append(
@@ -209,11 +212,19 @@ def anomaly_view(store: RunStore, anomaly_id: int) -> AnomalyView:
     state = decision_state(d, pick)
     pick_text = f"★ #{pick}" if pick else f"none (no candidate is predicted as {names[label]})"
     passing = sum(c.mark == "pass" for c in cards)
+    kept = next((c for c in cards if c.chosen), None)
+    off_class = (
+        f" (the detector predicts **{kept.predicted}** for it: kept though it is assigned to another class)"
+        if kept is not None and kept.mark == "other"
+        else ""
+    )
+    rounds = len({c.round for c in cards})
     summary = (
         f"**Anomaly #{a.id}** · class **{names[label]}** · prototype {proto.idx}  \n"
         f"{REASONS[a.reason]}: predicted **{names[a.predicted]}**, confidence {_f(a.confidence)}  \n"
-        f"{len(cards)} candidates, {passing} pass τ = {tau} · automatic pick: **{pick_text}**  \n"
-        f"Decision: **{decision_text(d, pick)}**"
+        f"{len(cards)} candidates{f' in {rounds} rounds' if rounds > 1 else ''}, {passing} pass τ = {tau} · "
+        f"automatic pick: **{pick_text}**  \n"
+        f"Decision: **{decision_text(d, pick)}**{off_class}"
     )
     return AnomalyView(
         anomaly_id=a.id,
@@ -238,6 +249,26 @@ def cards_html(cards: list[Card], url: Callable[[str], str], selected: int | Non
     """
     if not cards:
         return '<div class="cards-empty">No candidates yet.</div>'
+    rounds = sorted({c.round for c in cards})
+    if len(rounds) == 1:
+        return _card_grid(cards, url, selected)
+    # several rounds (Regenerate): one foldable section each, newest first and open; an earlier round
+    # starts folded unless it holds the selected card. Its summary says what is in it.
+    out = []
+    for r in reversed(rounds):
+        group = [c for c in cards if c.round == r]
+        marks = ("★ pick" if any(c.pick for c in group) else "") + (" ✔ kept" if any(c.chosen for c in group) else "")
+        is_open = r == rounds[-1] or any(c.id == selected for c in group)
+        passing = sum(c.mark == "pass" for c in group)
+        out.append(
+            f'<details class="round" data-round="{r}"{" open" if is_open else ""}><summary>Round {r} · '
+            f"{len(group)} candidates, {passing} pass τ {html.escape(marks)}</summary>"
+            f"{_card_grid(group, url, selected)}</details>"
+        )
+    return "".join(out)
+
+
+def _card_grid(cards: list[Card], url: Callable[[str], str], selected: int | None) -> str:
     out = ['<div class="cards" role="listbox" aria-label="candidates">']
     for c in cards:
         classes = (
@@ -279,8 +310,8 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
                 "label mismatch": s.label_mismatch,
                 "low confidence": s.low_confidence,
                 **s.counts,
-                "conf before": "–" if s.images == 0 else _f(s.confidence_before, 4),
-                "conf after": "–" if s.images == 0 else _f(s.confidence_after, 4),
+                "conf before": "–" if s.images == 0 else _f(s.confidence_before),
+                "conf after": "–" if s.images == 0 else _f(s.confidence_after),
             }
         )
     df = pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)
@@ -295,9 +326,43 @@ def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str
     return df.reset_index(drop=True)
 
 
+TOTAL = "all classes"  # the class cell of the overview's totals row
+
+
+def with_totals(df: pd.DataFrame) -> pd.DataFrame:
+    """The overview with a last row summing the counts of the rows shown (its label is empty, its class
+    ``TOTAL``); the mean confidences are left blank there (a mean of means would mislead)."""
+    if df.empty:
+        return df
+    total = {c: "" for c in df.columns}
+    total["class"] = TOTAL
+    total["status"] = f"{int((df['status'] == 'done').sum())}/{len(df)} done"
+    for c in df.columns:
+        if c not in ("label", "class", "status") and pd.api.types.is_integer_dtype(df[c]):
+            total[c] = int(df[c].sum())
+    out = pd.concat([df.astype({"label": object}), pd.DataFrame([total])], ignore_index=True)
+    return out
+
+
 def metadata_preview(export_dir: str | Path, rows: int = 50) -> pd.DataFrame:
     """The first ``rows`` lines of an export's provenance.csv (the rows of its metadata.parquet)."""
-    return pd.read_csv(Path(export_dir) / "provenance.csv", dtype={"class_name": str}).head(rows)
+    ids = {"class_name": str, "predicted_class": str, "anomaly_id": "Int64", "candidate_id": "Int64"}
+    df = pd.read_csv(Path(export_dir) / "provenance.csv", dtype=ids).head(rows)
+    return df.round(4)  # floats as people read them; the files keep full precision
+
+
+def run_label(store: RunStore) -> str:
+    """How a run is listed: dataset, generator, IPC, τ, progress and creation date (UTC), then its id,
+    so two runs of one dataset tell apart at a glance."""
+    cfg = store.config
+    done = sum(r.status == "done" for r in store.classes())
+    data = cfg.data if cfg.data == "mnist5k" else Path(cfg.data).name
+    created = store.meta("created")
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(float(created))) if created else "date unknown"
+    return (
+        f"{data} · {Path(cfg.generator).name} · IPC {cfg.ipc} · τ {cfg.tau} · {done}/{len(store.class_names)} "
+        f"classes · {when} · {store.run_id}"
+    )
 
 
 def run_choices(runs_dir: Path) -> list[tuple[str, str]]:
@@ -307,15 +372,7 @@ def run_choices(runs_dir: Path) -> list[tuple[str, str]]:
         try:
             store = RunStore.open(p.parent)
             try:
-                cfg = store.config
-                done = sum(r.status == "done" for r in store.classes())
-                data = cfg.data if cfg.data == "mnist5k" else Path(cfg.data).name
-                out.append(
-                    (
-                        f"{store.run_id} · {data} · IPC {cfg.ipc} · {done}/{len(store.class_names)} classes",
-                        str(p.parent),
-                    )
-                )
+                out.append((run_label(store), str(p.parent)))
             finally:
                 store.close()
         except Exception:  # noqa: BLE001 - a damaged folder must not hide the other runs
