@@ -216,7 +216,8 @@ def _check_resume_params(args: argparse.Namespace, stored: RunConfig) -> None:
 def _ray_options(args: argparse.Namespace) -> dict:
     """The Ray engine's options the flags set (``RayEngine``'s keyword arguments)."""
     given = {"ray_address": args.ray_address, "workers": args.ray_workers, "cpus_per_worker": args.ray_cpus_per_worker,
-             "gpus_per_worker": args.ray_gpus_per_worker, "placement": args.ray_placement}  # fmt: skip
+             "gpus_per_worker": args.ray_gpus_per_worker, "placement": args.ray_placement,
+             "wait_s": args.ray_wait_s}  # fmt: skip
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -426,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("pack", "spread"),
         default=None,
         help="with --engine ray: pack workers onto few nodes (default) or spread them across nodes",
+    )
+    p.add_argument(
+        "--ray-wait-s",
+        dest="ray_wait_s",
+        type=float,
+        default=None,
+        help="with --engine ray: how long lost workers may take to come back before the run stops with a line "
+        "saying how to resume (default: 5 times the workers' start-up, at least 60 s)",
     )
     p.set_defaults(func=cmd_run)
 

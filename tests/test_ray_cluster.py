@@ -95,17 +95,23 @@ class Cluster:
                  "--disable-usage-stats"], *_node_ports(), env=self.driver_env)  # fmt: skip
         self.wait_for_nodes(2)
 
-    def processes(self) -> list[tuple[int, int, str]]:
-        """(pid, process group, command line) of this cluster's Ray processes (those naming its temp dir)."""
-        out = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
+    def processes(self) -> dict[int, str]:
+        """{pid: command line} of this cluster's processes: those naming its temp dir, and their
+        descendants (Ray's workers, which run in process groups of their own)."""
+        cmds, parents = {}, {}
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
             try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                if str(self.temp) in cmd and os.getpgid(int(pid)) != os.getpgrp():
-                    out.append((int(pid), os.getpgid(int(pid)), cmd))
-            except (OSError, ProcessLookupError):
+                cmds[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                parents[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-        return out
+        ours = {pid for pid, cmd in cmds.items() if str(self.temp) in cmd and pid != os.getpid()}
+        grew = True
+        while grew:
+            more = {pid for pid, ppid in parents.items() if ppid in ours} - ours
+            ours |= more
+            grew = bool(more)
+        return {pid: cmds[pid] for pid in ours}
 
     def alive_nodes(self) -> int:
         code = "import ray; ray.init(address=%r, log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
@@ -120,24 +126,39 @@ class Cluster:
             time.sleep(2)
 
     def kill_second_node(self) -> None:
-        """SIGKILL the second node's raylet and everything of its process group (its workers)."""
-        groups = {g for _, g, cmd in self.processes() if "sockets/raylet.1 " in cmd}
-        assert groups, "no second node found"
-        for g in groups:
-            os.killpg(g, signal.SIGKILL)
+        """SIGKILL the second node: its raylet and every process under it (its workers)."""
+        procs = self.processes()
+        raylet = [pid for pid, cmd in procs.items() if "/raylet --" in cmd and "sockets/raylet " not in cmd]
+        assert raylet, "no second node found"
+        _kill(raylet + [pid for pid in procs if _descends(pid, raylet[0])])
 
     def stop(self) -> None:
-        """Kill this cluster's processes, group by group (its workers are in its raylets' groups)."""
-        for _ in range(3):
-            groups = {g for _, g, _ in self.processes()}
-            if not groups:
+        """SIGKILL this cluster's processes (and only them: `ray stop` would stop every Ray here)."""
+        for _ in range(5):
+            procs = self.processes()
+            if not procs:
                 return
-            for g in groups:
-                try:
-                    os.killpg(g, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill(list(procs))
             time.sleep(1)
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def cli(args: list[str], env: dict[str, str], timeout: float = 600, crash_after: int | None = None):
@@ -184,7 +205,7 @@ def cluster():
         yield c
     finally:
         c.stop()
-        assert c.processes() == [], "cluster processes left behind"
+        assert c.processes() == {}, "cluster processes left behind"
 
 
 def run_flags(c: Cluster) -> list[str]:
@@ -251,3 +272,76 @@ def test_a_killed_driver_resumes_with_the_cluster_flags(cluster, local):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(engine ray)" in proc.stdout
     assert differing(export_bytes(out / RUN_ID, cluster.work / "export-resumed"), local) == []
+
+
+def test_a_node_lost_with_no_spare_capacity_hands_its_group_to_the_live_worker(cluster, local):
+    """Next to last in this module: it kills the second node as soon as the run starts. The lost worker
+    cannot restart (the first node's only CPU is its worker's): the live worker takes the lost
+    classes (feature centres or groups, wherever the loss lands)."""
+    out = cluster.work / "lost"
+    args = [*run_flags(cluster), "--out", str(out), "--run-id", RUN_ID, "--engine", "ray",
+            "--ray-address", cluster.address, "--ray-workers", "2"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "curator", *args], cwd=ROOT, env=cluster.driver_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    db = out / RUN_ID / "run.sqlite"
+    try:
+        deadline = time.monotonic() + 300
+        while not db.exists():  # the run folder is made once both workers are ready: kill the node then
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+        cluster.kill_second_node()
+        stdout, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "a Ray worker was lost" in stderr  # its group went to the live worker
+    assert differing(export_bytes(out / RUN_ID, cluster.work / "export-lost"), local) == []
+
+
+HOLD = """
+import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+@ray.remote(num_cpus=1)
+class Hold:
+    def ready(self):
+        return True
+h = Hold.remote()
+ray.get(h.ready.remote())
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_lost_worker_that_cannot_come_back_is_one_line_in_bounded_time(cluster, tmp_path):
+    """After the node-lost test: another job holds the first node's CPU, a new second node takes the
+    run's only worker and is killed; with nowhere to restart it, the run ends with one line."""
+    hold = subprocess.Popen([sys.executable, "-c", HOLD, cluster.address], cwd=cluster.work, env=cluster.driver_env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert hold.stdout.readline().strip() == "held"
+        cluster.start_second_node()
+        out = tmp_path / "runs"
+        args = [*run_flags(cluster), "--out", str(out), "--run-id", RUN_ID, "--engine", "ray",
+                "--ray-address", cluster.address, "--ray-workers", "1", "--ray-wait-s", "5"]  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "curator", *args], cwd=ROOT, env=cluster.driver_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while not (out / RUN_ID / "run.sqlite").exists():
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "the run never started"
+                time.sleep(0.1)
+            cluster.kill_second_node()
+            t0 = time.monotonic()
+            stdout, stderr = proc.communicate(timeout=300)
+            waited = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        hold.kill()
+    done = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+    one_line(done, "came back within 5 s", f"--resume {out / RUN_ID}", "--engine ray")
+    assert waited < 90  # node death noticed, 5 s of waiting, one line

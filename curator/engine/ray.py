@@ -45,7 +45,7 @@ import torch
 
 from curator import stages
 from curator.config import ConfigError, RunConfig
-from curator.data import BUILTIN, Dataset, load_dataset
+from curator.data import BUILTIN, Dataset, FolderImageSet, load_dataset
 from curator.engine.base import Cancelled, Engine
 from curator.errors import USER_ERRORS
 
@@ -92,6 +92,32 @@ def _check_readable(path: str) -> None:
             f.read(1)
 
 
+def folder_index(data: Dataset) -> dict | None:
+    """What a worker needs to read an ImageFolder without scanning it again: the driver's file
+    lists and labels of both splits (absolute paths), class names and skipped files. None for data
+    held in memory (mnist5k), which loads without a scan."""
+    if not (isinstance(data.train, FolderImageSet) and isinstance(data.test, FolderImageSet)):
+        return None
+    return {"name": data.name, "class_names": list(data.class_names), "skipped": list(data.skipped),
+            "splits": [([os.path.abspath(p) for p in s.paths], s.labels) for s in (data.train, data.test)]}  # fmt: skip
+
+
+def _load_worker(config: RunConfig, index: dict | None):
+    """(data, generator, detector) on a worker: the data from the driver's ``index`` where there is
+    one (read at the generator's size and channels, as ``load_components`` reads it), so no worker
+    scans the files again, whatever the dataset's size."""
+    from curator.models.loading import load_components, load_generator
+    from curator.training import pick_device
+
+    if index is None:
+        return load_components(config)
+    generator = load_generator(config.generator, pick_device(config.device), config=config)
+    mode, size = ("L" if generator.channels == 1 else "RGB"), generator.resolution
+    train, test = (FolderImageSet(paths, labels, mode, size) for paths, labels in index["splits"])
+    data = Dataset(index["name"], index["class_names"], train, test, index["skipped"])
+    return load_components(config, data=data, generator=generator)
+
+
 def _node_address() -> str:
     """The address this worker's node joined the cluster with (``ray start --node-ip-address``)."""
     node_id = ray.get_runtime_context().get_node_id()
@@ -109,7 +135,7 @@ class StageWorker:
     so a worker that cannot start is a message naming its node, not an ActorDiedError traceback.
     """
 
-    def __init__(self, config_json: str, threads: int, paths: list[str]):
+    def __init__(self, config_json: str, threads: int, paths: list[str], index: list | None = None):
         t0 = time.monotonic()
         self.node = _node_address()
         self.error: str | None = None
@@ -125,10 +151,9 @@ class StageWorker:
                 break
         if self.error is None:
             try:
-                from curator.models.loading import load_components
-
                 self.config = RunConfig.from_json(config_json)
-                self.data, self.generator, self.detector = load_components(self.config)
+                ref = index[0] if index else None  # [ObjectRef of folder_index(...)] or [None]
+                self.data, self.generator, self.detector = _load_worker(self.config, ray.get(ref) if ref else None)
             except Exception as exc:  # one line for the driver; never a constructor traceback
                 message = str(exc) if isinstance(exc, USER_ERRORS) else _one_line(exc)
                 self.error = f"worker on node {self.node} cannot start: " + " ".join(message.split())
@@ -300,9 +325,10 @@ def _plan(workers: int | None, cpus_per_worker: float | None, gpus_per_worker: f
 class WorkerPool:
     """The run's workers, started and ready: each has checked the run's paths and loaded the models."""
 
-    def __init__(self, workers: list, startup_s: float):
+    def __init__(self, workers: list, startup_s: float, index_ref=None):
         self.workers = workers
         self.startup_s = startup_s  # the slowest worker's start-up (s)
+        self.index_ref = index_ref  # the data's file index, kept while the workers may restart
 
     @classmethod
     def start(
@@ -314,8 +340,10 @@ class WorkerPool:
         cpus_per_worker: float | None = None,
         gpus_per_worker: float | None = None,
         placement: str | None = None,
+        data: Dataset | None = None,
     ) -> WorkerPool:
-        """Start the workers that fit the cluster (``plan_workers``) and wait until they are ready."""
+        """Start the workers that fit the cluster (``plan_workers``) and wait until they are ready;
+        ``data``, the driver's dataset, gives them its file index (``folder_index``)."""
         progress = progress or (lambda stage, done, total, label: None)
         if placement not in (None, *PLACEMENTS):
             raise ConfigError(f"--ray-placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
@@ -330,9 +358,15 @@ class WorkerPool:
         if placement == "spread":
             options["scheduling_strategy"] = "SPREAD"
         worker_config, paths = worker_paths(config)
-        actors = [StageWorker.options(**options).remote(worker_config.to_json(), threads, paths) for _ in range(n)]
+        index = folder_index(data) if data is not None else None
+        # one copy in the object store, shared; passed inside a list, so that Ray hands the worker the
+        # reference (fetched in its constructor) and the pool's reference keeps it for restarts
+        index_ref = ray.put(index) if index is not None else None
+        with _quiet_stderr():  # Ray's C++ warning about restarts and object-store arguments: the pool keeps it
+            actors = [StageWorker.options(**options).remote(worker_config.to_json(), threads, paths, [index_ref])
+                      for _ in range(n)]  # fmt: skip
         try:
-            return cls(actors, _await_start(actors, progress))
+            return cls(actors, _await_start(actors, progress), index_ref)
         except BaseException:
             cls(actors, 0.0).kill()
             raise
@@ -383,9 +417,10 @@ class RayEngine(Engine):
         connect(kwargs.get("ray_address"))
         names = ("workers", "cpus_per_worker", "gpus_per_worker", "placement")
         options = {k: kwargs.pop(k) for k in names if k in kwargs}
-        pool = WorkerPool.start(config.validate(), kwargs.get("progress"), **options)
+        data = kwargs.pop("data", None) or driver_data(config.validate())
+        pool = WorkerPool.start(config.validate(), kwargs.get("progress"), data=data, **options)
         try:
-            return super().create(config, root, run_id, pool=pool, **kwargs)
+            return super().create(config, root, run_id, data=data, pool=pool, **kwargs)
         except BaseException:
             pool.kill()
             raise
@@ -405,16 +440,20 @@ class RayEngine(Engine):
         cpus_per_worker: float | None = None,
         gpus_per_worker: float | None = None,
         placement: str | None = None,
+        wait_s: float | None = None,
         pool: WorkerPool | None = None,
         **kwargs,
     ):
+        self.wait_s = wait_s
         try:
+            if wait_s is not None and wait_s <= 0:
+                raise ConfigError(f"--ray-wait-s must be more than 0, got {wait_s}")
             super().__init__(store, **kwargs)
             connect(ray_address)
             self.address = ray_address
             self.pool = pool or WorkerPool.start(self.config, self.progress, workers=workers,
                                                  cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                                                 placement=placement)  # fmt: skip
+                                                 placement=placement, data=self.data)  # fmt: skip
         except BaseException:
             if pool is not None:
                 pool.kill()
@@ -433,7 +472,10 @@ class RayEngine(Engine):
 
     @property
     def comeback_s(self) -> float:
-        """How long a lost worker may take to come back before the run gives up (s)."""
+        """How long a lost worker may take to come back before the run gives up (s): ``wait_s`` where
+        given, else 5 times the slowest measured start-up, at least 60 s."""
+        if self.wait_s is not None:
+            return self.wait_s
         return max(MIN_COMEBACK_S, COMEBACK_FACTOR * getattr(self, "startup_s", 0.0))
 
     def _resume_hint(self) -> str:
