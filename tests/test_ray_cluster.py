@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -205,7 +206,9 @@ def cluster():
         yield c
     finally:
         c.stop()
-        assert c.processes() == {}, "cluster processes left behind"
+        left = c.processes()
+        shutil.rmtree(work, ignore_errors=True)
+        assert left == {}, "cluster processes left behind"
 
 
 def run_flags(c: Cluster) -> list[str]:
