@@ -194,10 +194,14 @@ def _check_run_args(args: argparse.Namespace) -> RunConfig | None:
 
     if args.engine is not None and args.engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray, got {args.engine!r}")
-    if (args.ray_address is not None or args.ray_workers is not None) and args.engine != "ray":
-        raise ConfigError("--ray-address and --ray-workers need --engine ray")
+    if _ray_options(args) and args.engine != "ray" and not (args.resume and args.engine is None):
+        raise ConfigError("--ray-* flags need --engine ray (or --resume of a run whose engine is Ray)")
     if args.ray_workers is not None and args.ray_workers < 1:
         raise ConfigError(f"--ray-workers must be at least 1, got {args.ray_workers}")
+    if args.ray_cpus_per_worker is not None and args.ray_cpus_per_worker <= 0:
+        raise ConfigError(f"--ray-cpus-per-worker must be more than 0, got {args.ray_cpus_per_worker}")
+    if args.ray_gpus_per_worker is not None and args.ray_gpus_per_worker < 0:
+        raise ConfigError(f"--ray-gpus-per-worker must be 0 or more, got {args.ray_gpus_per_worker}")
     if args.resume:
         if not (Path(args.resume) / "run.sqlite").is_file():
             raise StoreError(f"no run at {args.resume} (expected {Path(args.resume) / 'run.sqlite'})")
@@ -225,26 +229,44 @@ def _check_resume_params(args: argparse.Namespace, stored: RunConfig) -> None:
         )
 
 
+def _ray_options(args: argparse.Namespace) -> dict:
+    """The Ray engine's options the flags set (``RayEngine``'s keyword arguments)."""
+    given = {"ray_address": args.ray_address, "workers": args.ray_workers, "cpus_per_worker": args.ray_cpus_per_worker,
+             "gpus_per_worker": args.ray_gpus_per_worker, "placement": args.ray_placement,
+             "wait_s": args.ray_wait_s}  # fmt: skip
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _check_run_args(args)
     from curator.engine import create_run, open_run
+    from curator.errors import ConfigError
     from curator.store import RunStore
 
     t0 = time.time()
     progress = _progress_bar()
-    engine_kw = {"ray_address": args.ray_address, "workers": args.ray_workers} if args.engine == "ray" else {}
+    engine_kw = _ray_options(args) if args.engine == "ray" else {}
     if args.resume:
         store = RunStore.open(args.resume)
         try:
             _check_resume_params(args, store.config)
             engine_name = args.engine or store.meta("engine", "local")
+            if _ray_options(args) and engine_name != "ray":
+                raise ConfigError(f"--ray-* flags need --engine ray: the run's engine is {engine_name}")
+            engine_kw = _ray_options(args) if engine_name == "ray" else {}
             print(f"resuming run {store.run_id} at {store.path} (engine {engine_name})")
         finally:
             store.close()
-        engine = open_run(args.resume, engine=args.engine, progress=progress, **engine_kw)
-    else:
-        engine = create_run(config, args.out, args.run_id, engine=args.engine or "local", progress=progress,
-                            **engine_kw)  # fmt: skip
+    try:
+        if args.resume:
+            engine = open_run(args.resume, engine=args.engine, progress=progress, **engine_kw)
+        else:
+            engine = create_run(config, args.out, args.run_id, engine=args.engine or "local", progress=progress,
+                                **engine_kw)  # fmt: skip
+    except BaseException:
+        progress.close()  # the error starts a line of its own (Ray workers' start-up shows a bar)
+        raise
+    if not args.resume:
         print(f"new run {engine.store.run_id} at {engine.store.path} (engine {engine.name})")
     store = engine.store
     _report_skipped(engine.data)
@@ -418,13 +440,43 @@ def build_parser() -> argparse.ArgumentParser:
         dest="ray_workers",
         type=int,
         default=None,
-        help="with --engine ray: stage workers (default: one per GPU, else one per CPU of the cluster)",
+        help="with --engine ray: stage workers (default: one per free GPU, else one per free CPU of the cluster)",
     )
     p.add_argument(
         "--ray-address",
         dest="ray_address",
         default=None,
-        help="with --engine ray: auto | HOST:PORT | ray://HOST:PORT (default: start a local Ray for the run)",
+        help="with --engine ray: auto | HOST:PORT | ray://HOST:PORT (default: start a local Ray for the run); "
+        "a cluster with token authentication needs RAY_AUTH_MODE=token",
+    )
+    p.add_argument(
+        "--ray-cpus-per-worker",
+        dest="ray_cpus_per_worker",
+        type=float,
+        default=None,
+        help="with --engine ray: CPUs each worker asks for; its torch threads (default: the free CPUs shared)",
+    )
+    p.add_argument(
+        "--ray-gpus-per-worker",
+        dest="ray_gpus_per_worker",
+        type=float,
+        default=None,
+        help="with --engine ray: GPUs each worker asks for, fractions allowed (default: 1 where the cluster has GPUs)",
+    )
+    p.add_argument(
+        "--ray-placement",
+        dest="ray_placement",
+        choices=("pack", "spread"),
+        default=None,
+        help="with --engine ray: pack workers onto few nodes (default) or spread them across nodes",
+    )
+    p.add_argument(
+        "--ray-wait-s",
+        dest="ray_wait_s",
+        type=float,
+        default=None,
+        help="with --engine ray: how long lost workers may take to come back before the run stops with a line "
+        "saying how to resume (default: 5 times the workers' start-up, at least 60 s)",
     )
     p.set_defaults(func=cmd_run)
 

@@ -137,3 +137,40 @@ def test_bad_engine_input_is_one_line(cluster, tmp_path):
     assert cli_main(["run", *flags, "--ipc", "1", "--k", "1", "--steps", "1", "--out", str(made), "--run-id", "x"]) == 0
     proc = run_cli(["run", "--resume", str(made / "x"), "--engine", "ray", "--ipc", "2"], timeout=120)
     _one_line(proc, "--ipc 2", "the run has 1")
+
+
+def test_workers_get_absolute_paths_and_names_pass_through(tmp_path, monkeypatch):
+    from curator.engine.ray import worker_paths
+
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "map.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    config = RunConfig(data="mnist5k", generator="gen", detector="./det", class_map="map.json")
+    sent, paths = worker_paths(config)
+    assert (sent.data, sent.generator, sent.detector, sent.class_map) == (
+        "mnist5k", str(tmp_path / "gen"), str(tmp_path / "det"), str(tmp_path / "map.json"))  # fmt: skip
+    assert paths == sorted([str(tmp_path / "gen"), str(tmp_path / "det"), str(tmp_path / "map.json")])
+    # a Hugging Face id and a class-map name are names, not paths: sent as they are, not checked
+    sent, paths = worker_paths(RunConfig(generator="org/some-model", class_map="imagenette"))
+    assert (sent.generator, sent.class_map) == ("org/some-model", "imagenette")
+    assert all(p != "org/some-model" for p in paths)
+
+
+def test_images_travel_as_uint8_and_store_the_same_png(tmp_path):
+    import numpy as np
+
+    from curator import stages
+    from curator.engine.ray import from_wire, to_wire
+    from curator.store import save_png
+
+    images = torch.rand(3, 3, 40, 40)
+    images[0, 0, 0, :3] = torch.tensor([0.5 / 255, 1.5 / 255, 254.5 / 255])  # rounding ties
+    item = stages.ImagesDone("synthesis", (), images, ())
+    sent = to_wire(item)
+    assert sent.images.dtype == torch.uint8 and sent.images.nelement() == images.nelement()
+    back = from_wire(sent)
+    for i in range(3):
+        save_png(images[i], tmp_path / f"a{i}.png")
+        save_png(back.images[i], tmp_path / f"b{i}.png")
+        assert (tmp_path / f"a{i}.png").read_bytes() == (tmp_path / f"b{i}.png").read_bytes()
+    assert np.abs(back.images - images).max() <= 0.5 / 255 + 1e-6

@@ -46,7 +46,7 @@ class Engine:
     ):
         self.store = store
         self.config: RunConfig = store.config.validate()
-        self.data, self.generator, self.detector = load_components(self.config, data, generator, detector)
+        self.data, self.generator, self.detector = type(self)._load(self.config, data, generator, detector)
         self.progress = progress or (lambda stage, done, total, label: None)
         self.cancel = cancel or (lambda: False)
         self._centres: dict[int, np.ndarray] | None = None
@@ -68,7 +68,7 @@ class Engine:
     ) -> Engine:
         """Check data, models and parameters first, then create the run folder under ``root``.
         ``options`` go to the engine (e.g. the Ray address)."""
-        data, generator, detector = load_components(config.validate(), data, generator, detector)
+        data, generator, detector = cls._load(config.validate(), data, generator, detector)
         labels = [data.class_index(c) for c in config.classes] if config.classes else range(data.num_classes)
         check_class_sizes(data, list(labels), config.ipc)
         store = RunStore.create(root, config, data.class_names, run_id)
@@ -79,6 +79,15 @@ class Engine:
         except BaseException:
             store.close()
             raise
+
+    @classmethod
+    def _load(
+        cls, config: RunConfig, data: Dataset | None, generator: Generator | None, detector: Detector | None
+    ) -> tuple[Dataset, Generator | None, Detector | None]:
+        """What this process needs of (data, generator, detector), loading what is not given: all
+        three here, as the stages run in this process; an engine whose stages run elsewhere loads
+        the models there (``RayEngine``)."""
+        return load_components(config, data, generator, detector)
 
     # --- where the stages run (engines override these) -------------------------------------------
     def _stream(
