@@ -6,6 +6,7 @@ python -m curator export runs/RUN_ID --out export/ --zip
 python -m curator evaluate runs/RUN_ID --student convnet --seeds 3
 python -m curator train-generator --data mnist5k --out assets/generator
 python -m curator train-detector --data mnist5k --out assets/detector
+python -m curator make-testbed data/glyphs1000 --classes 1000 --per-class 20 --size 16
 """
 
 from __future__ import annotations
@@ -359,6 +360,21 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_testbed(args: argparse.Namespace) -> int:
+    from curator.testbed import TestbedSpec, make_testbed
+
+    spec = TestbedSpec(classes=args.classes, per_class=args.per_class, test_per_class=args.test_per_class,
+                       size=args.size, seed=args.seed, jitter=args.jitter, noise=args.noise)  # fmt: skip
+    t0 = time.time()
+    out = make_testbed(args.out, spec)
+    n_train = spec.per_class - spec.test_per_class
+    print(
+        f"testbed of {spec.classes} classes x {spec.per_class} images ({n_train} train, {spec.test_per_class} test), "
+        f"{spec.size}px, written to {out} in {time.time() - t0:.1f} s"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m curator", description="Detector-guided dataset distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -454,7 +470,28 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--pretrained-file", default=None, help="local weights file (.safetensors/.pth) for --pretrained"
             )
+
+    d = _testbed_defaults()
+    p = sub.add_parser("make-testbed", help="write a synthetic ImageFolder of N procedurally drawn glyph classes")
+    p.add_argument("out", help="new (or empty) folder for train/ and test/")
+    p.add_argument("--classes", type=int, default=d.classes, help=f"number of classes (default {d.classes})")
+    p.add_argument("--per-class", dest="per_class", type=int, default=d.per_class,
+                   help=f"images per class, both splits (default {d.per_class})")  # fmt: skip
+    p.add_argument("--test-per-class", dest="test_per_class", type=int, default=d.test_per_class,
+                   help=f"of those, test images per class (default {d.test_per_class})")  # fmt: skip
+    p.add_argument("--size", type=int, default=d.size, help=f"image side in pixels (default {d.size})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of glyphs and jitter (default {d.seed})")
+    p.add_argument("--jitter", type=float, default=d.jitter,
+                   help=f"per-sample jitter scale, the difficulty (default {d.jitter})")  # fmt: skip
+    p.add_argument("--noise", type=float, default=d.noise, help=f"pixel noise std in [0, 1] (default {d.noise})")
+    p.set_defaults(func=cmd_make_testbed)
     return parser
+
+
+def _testbed_defaults():
+    from curator.testbed import TestbedSpec  # light: numpy and PIL only
+
+    return TestbedSpec()
 
 
 def main(argv: list[str] | None = None) -> int:
