@@ -328,10 +328,24 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, size=args.size, channels=args.channels)
     _report_skipped(data)
     gen = train_generator(
-        data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device
-    )
+        data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+        **({"block_out_channels": _block_channels(args.block_channels)} if args.block_channels else {}),
+    )  # fmt: skip
     print(f"generator saved to {args.out} ({gen.num_classes} classes, {gen.resolution}px)")
     return 0
+
+
+def _block_channels(text: str) -> tuple[int, ...]:
+    """``--block-channels 16,32,32`` as a tuple; ConfigError naming the option when malformed."""
+    from curator.config import ConfigError
+
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) < 2 or any(c < 1 for c in channels):
+        raise ConfigError(f"--block-channels must be 2 or more positive integers like 32,64,64, got {text!r}")
+    return channels
 
 
 def cmd_train_detector(args: argparse.Namespace) -> int:
@@ -456,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=int, default=20000, help="optimiser steps in total")
             p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
             p.add_argument("--lr", type=float, default=1e-3)
+            p.add_argument(
+                "--block-channels",
+                dest="block_channels",
+                default=None,
+                help="UNet channels per resolution level, e.g. 16,32,32 (a third of the default's compute)",
+            )
         else:
             p.add_argument("--model", "--arch", dest="arch", default="resnet10t", help="timm model name, e.g. resnet18")
             p.add_argument("--epochs", type=int, default=30)

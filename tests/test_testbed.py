@@ -75,3 +75,17 @@ def test_cli_make_testbed(tmp_path, capsys):
     assert len(ds.class_names) == 3 and len(ds.train) == 6
     assert main(["make-testbed", str(tmp_path / "tb"), "--classes", "3"]) == 2  # not empty: a one-line error
     assert "not empty" in capsys.readouterr().err
+
+
+def test_train_generator_block_channels_sizes_the_unet(tmp_path, capsys):
+    from curator.models.generator import PixelDiffusion
+
+    root = make_testbed(tmp_path / "tb", classes=3, per_class=3, test_per_class=1, size=8)
+    out = tmp_path / "gen"
+    argv = ["train-generator", "--data", str(root), "--size", "8", "--out", str(out), "--steps", "1"]
+    argv += ["--batch-size", "2"]
+    assert main([*argv, "--block-channels", "8,16,16", "--device", "cpu"]) == 0
+    gen = PixelDiffusion.from_pretrained(out)
+    assert list(gen.unet.config.block_out_channels) == [8, 16, 16] and gen.num_classes == 3
+    assert main([*argv, "--block-channels", "8,x"]) == 2
+    assert "--block-channels" in capsys.readouterr().err
