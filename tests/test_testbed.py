@@ -89,3 +89,23 @@ def test_train_generator_block_channels_sizes_the_unet(tmp_path, capsys):
     assert list(gen.unet.config.block_out_channels) == [8, 16, 16] and gen.num_classes == 3
     assert main([*argv, "--block-channels", "8,x"]) == 2
     assert "--block-channels" in capsys.readouterr().err
+
+
+def test_shipped_testbed_models_fit_the_testbed_and_recognise_its_glyphs():
+    import torch
+
+    from curator.config import ASSETS
+    from curator.models.detector import Detector
+    from curator.models.generator import PixelDiffusion
+    from curator.testbed import class_name, sample
+
+    gen = PixelDiffusion.from_pretrained(ASSETS / "testbed-generator")
+    det = Detector.load(ASSETS / "testbed-detector")
+    names = [class_name(i, 1000) for i in range(1000)]
+    assert gen.class_names == det.class_names == names
+    assert gen.resolution == det.input_size == TestbedSpec().size == 16
+    spec = TestbedSpec(classes=40)  # the defaults are the shipped models' testbed; the first 40 classes of it
+    glyphs = make_glyphs(spec)
+    labels = np.arange(0, 40, 2)
+    x = torch.stack([torch.from_numpy(sample(glyphs[c], spec, int(c), 0)).float()[None] / 255 for c in labels])
+    assert (det.inspect(x).predicted == labels).mean() >= 0.9  # train images of 20 classes
