@@ -6,6 +6,7 @@ python -m curator export runs/RUN_ID --out export/ --zip
 python -m curator evaluate runs/RUN_ID --student convnet --seeds 3
 python -m curator train-generator --data mnist5k --out assets/generator
 python -m curator train-detector --data mnist5k --out assets/detector
+python -m curator make-testbed data/glyphs1000 --classes 1000 --per-class 20 --size 16
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from curator.config import DetectorTraining, GeneratorTraining, RunConfig
@@ -403,9 +404,24 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     pick_device(config.device)  # a bad --device fails before the data is read
     data = load_dataset(args.data, size=args.size, channels=args.channels)
     _report_skipped(data)
+    if args.block_channels:
+        config = replace(config, block_out_channels=_block_channels(args.block_channels))
     gen = train_generator(data, args.out, config)
     print(f"generator saved to {args.out} ({gen.num_classes} classes, {gen.resolution}px)")
     return 0
+
+
+def _block_channels(text: str) -> tuple[int, ...]:
+    """``--block-channels 16,32,32`` as a tuple; ConfigError naming the option when malformed."""
+    from curator.config import ConfigError
+
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) < 2 or any(c < 1 for c in channels):
+        raise ConfigError(f"--block-channels must be 2 or more positive integers like 32,64,64, got {text!r}")
+    return channels
 
 
 def cmd_train_detector(args: argparse.Namespace) -> int:
@@ -420,6 +436,21 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     _report_skipped(data)
     det = train_detector(data, args.out, config)
     print(f"detector saved to {args.out}: test accuracy {det.info['test_accuracy']:.4f}")
+    return 0
+
+
+def cmd_make_testbed(args: argparse.Namespace) -> int:
+    from curator.testbed import TestbedSpec, make_testbed
+
+    spec = TestbedSpec(classes=args.classes, per_class=args.per_class, test_per_class=args.test_per_class,
+                       size=args.size, seed=args.seed, jitter=args.jitter, noise=args.noise)  # fmt: skip
+    t0 = time.time()
+    out = make_testbed(args.out, spec)
+    n_train = spec.per_class - spec.test_per_class
+    print(
+        f"testbed of {spec.classes} classes x {spec.per_class} images ({n_train} train, {spec.test_per_class} test), "
+        f"{spec.size}px, written to {out} in {time.time() - t0:.1f} s"
+    )
     return 0
 
 
@@ -538,7 +569,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--channels", type=int, default=None, choices=(1, 3), help="1 or 3 (default: from the data)")
         _add_training_args(p, config)
         p.set_defaults(func=func)
+        if name == "train-generator":
+            p.add_argument(
+                "--block-channels",
+                dest="block_channels",
+                default=None,
+                help="UNet channels per resolution level, e.g. 16,32,32 (a third of the default's compute)",
+            )
+
+    d = _testbed_defaults()
+    p = sub.add_parser("make-testbed", help="write a synthetic ImageFolder of N procedurally drawn glyph classes")
+    p.add_argument("out", help="new (or empty) folder for train/ and test/")
+    p.add_argument("--classes", type=int, default=d.classes, help=f"number of classes (default {d.classes})")
+    p.add_argument("--per-class", dest="per_class", type=int, default=d.per_class,
+                   help=f"images per class, both splits (default {d.per_class})")  # fmt: skip
+    p.add_argument("--test-per-class", dest="test_per_class", type=int, default=d.test_per_class,
+                   help=f"of those, test images per class (default {d.test_per_class})")  # fmt: skip
+    p.add_argument("--size", type=int, default=d.size, help=f"image side in pixels (default {d.size})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of glyphs and jitter (default {d.seed})")
+    p.add_argument("--jitter", type=float, default=d.jitter,
+                   help=f"per-sample jitter scale, the difficulty (default {d.jitter})")  # fmt: skip
+    p.add_argument("--noise", type=float, default=d.noise, help=f"pixel noise std in [0, 1] (default {d.noise})")
+    p.set_defaults(func=cmd_make_testbed)
     return parser
+
+
+def _testbed_defaults():
+    from curator.testbed import TestbedSpec  # light: numpy and PIL only
+
+    return TestbedSpec()
 
 
 def main(argv: list[str] | None = None) -> int:
