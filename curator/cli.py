@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 from curator.config import DetectorTraining, GeneratorTraining, RunConfig
@@ -86,8 +86,23 @@ def _add_training_args(p: argparse.ArgumentParser, config: type) -> None:
             p.add_argument(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
         else:
             kind = str if f.default is None else type(f.default)
+            if "parse" in f.metadata:
+                kind = _parsed(f.metadata["parse"])
             p.add_argument(*flags, dest=f.name, type=kind, default=f.default,
                            help=f"{f.metadata['help']} (default {f.default})")  # fmt: skip
+
+
+def _parsed(parse):
+    """An argparse type from a config parser: its ConfigError becomes argparse's one-line message."""
+    from curator.config import ConfigError
+
+    def typed(text: str):
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return typed
 
 
 def _training_config(args: argparse.Namespace, config: type):
@@ -404,24 +419,9 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     pick_device(config.device)  # a bad --device fails before the data is read
     data = load_dataset(args.data, size=args.size, channels=args.channels)
     _report_skipped(data)
-    if args.block_channels:
-        config = replace(config, block_out_channels=_block_channels(args.block_channels))
     gen = train_generator(data, args.out, config)
     print(f"generator saved to {args.out} ({gen.num_classes} classes, {gen.resolution}px)")
     return 0
-
-
-def _block_channels(text: str) -> tuple[int, ...]:
-    """``--block-channels 16,32,32`` as a tuple; ConfigError naming the option when malformed."""
-    from curator.config import ConfigError
-
-    try:
-        channels = tuple(int(c) for c in text.split(","))
-    except ValueError:
-        channels = ()
-    if len(channels) < 2 or any(c < 1 for c in channels):
-        raise ConfigError(f"--block-channels must be 2 or more positive integers like 32,64,64, got {text!r}")
-    return channels
 
 
 def cmd_train_detector(args: argparse.Namespace) -> int:
@@ -569,13 +569,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--channels", type=int, default=None, choices=(1, 3), help="1 or 3 (default: from the data)")
         _add_training_args(p, config)
         p.set_defaults(func=func)
-        if name == "train-generator":
-            p.add_argument(
-                "--block-channels",
-                dest="block_channels",
-                default=None,
-                help="UNet channels per resolution level, e.g. 16,32,32 (a third of the default's compute)",
-            )
 
     d = _testbed_defaults()
     p = sub.add_parser("make-testbed", help="write a synthetic ImageFolder of N procedurally drawn glyph classes")

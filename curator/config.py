@@ -124,6 +124,17 @@ def _opt(default, help: str, **more) -> Any:
     return field(default=default, metadata={"help": help, **more})
 
 
+def channel_list(text: str, option: str) -> tuple[int, ...]:
+    """``"16,32,32"`` as ``(16, 32, 32)``; ConfigError naming ``option`` when malformed."""
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) < 2 or any(c < 1 for c in channels):
+        raise ConfigError(f"{option} must be 2 or more positive integers like 32,64,64, got {text!r}")
+    return channels
+
+
 @dataclass
 class _Training:
     """What both training commands share, and their range check."""
@@ -150,7 +161,10 @@ class GeneratorTraining(_Training):
     label_dropout: float = 0.1  # share of steps with the "no label" class (classifier-free guidance)
     ema_decay: float = 0.9995
     min_snr_gamma: float = 5.0
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    block_out_channels: tuple[int, ...] = _opt(
+        (32, 64, 64), "UNet channels per resolution level, e.g. 16,32,32 (tiny models: assets/testbed-generator)",
+        flags=("--block-channels",), parse=lambda text: channel_list(text, "--block-channels"),
+    )  # fmt: skip
     layers_per_block: int = 1
     checkpoint_every: int = 250  # steps
     checkpoint_minutes: float = 5.0

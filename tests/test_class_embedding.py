@@ -300,7 +300,8 @@ def test_plot_js_shows_thumbnails_and_opens_anomalies_in_a_browser(tmp_path):
             tip.wait_for(state="hidden")
             click(at("9"))
             page.wait_for_function("window.opened.length === 1")
-            assert page.evaluate("[window.opened, window.inputs]") == [["7"], 1]
+            # a candidate (or pick) opens its anomaly with that candidate selected: "anomaly:candidate"
+            assert page.evaluate("[window.opened, window.inputs]") == [["7:9"], 1]
             # a Gradio update (Plotly.react) keeps one set of handlers; a re-initialised div gets them again
             page.evaluate("Plotly.react(document.getElementById('gd'), fig.data, fig.layout)")
             click(at("8"))
@@ -310,7 +311,7 @@ def test_plot_js_shows_thumbnails_and_opens_anomalies_in_a_browser(tmp_path):
             page.wait_for_timeout(200)
             click(at("7"))
             page.wait_for_function("window.opened.length === 3")
-            assert page.evaluate("window.opened") == ["7", "7", "7"]
+            assert page.evaluate("window.opened") == ["7:9", "7:8", "7"]  # the anomaly itself: its id alone
             # a point without an anomaly (the real image) opens nothing and shows no thumbnail
             real = page.evaluate(
                 """() => { const gd = document.getElementById('gd'), fl = gd._fullLayout,

@@ -277,6 +277,7 @@ def test_two_browsers_keep_to_their_own_runs(browser, pub):
         # A reloads: its run, its decision and its list are still there
         page_a.reload()
         page_a.locator("#run-info").get_by_text(rid).first.wait_for()
+        page_a.get_by_role("tab", name="Set-up").click()  # a reload reopens the tab it was on (Curate)
         assert any(rid in t for t in _dropdown_options(page_a, "Existing runs"))
         page_a.get_by_role("tab", name="Curate").click()
         page_a.locator("#anomaly-id input").fill(str(aid))

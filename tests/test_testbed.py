@@ -87,7 +87,9 @@ def test_train_generator_block_channels_sizes_the_unet(tmp_path, capsys):
     assert main([*argv, "--block-channels", "8,16,16", "--device", "cpu"]) == 0
     gen = PixelDiffusion.from_pretrained(out)
     assert list(gen.unet.config.block_out_channels) == [8, 16, 16] and gen.num_classes == 3
-    assert main([*argv, "--block-channels", "8,x"]) == 2
+    with pytest.raises(SystemExit) as bad:  # argparse's one-line usage error, exit 2
+        main([*argv, "--block-channels", "8,x"])
+    assert bad.value.code == 2
     assert "--block-channels" in capsys.readouterr().err
 
 

@@ -551,10 +551,13 @@ class RayEngine(Engine):
                 state = _resume_state(self.group_state(labels), state)
 
     def _run_groups(self, groups: list[list[int]]) -> None:
-        """Every group on the workers, as many at once as there are workers; results are written
-        here, in the order they arrive. A group whose worker dies goes back to the front of the
-        queue and the next live worker takes it with what the store then holds; the dead worker
-        joins again once Ray has restarted it."""
+        """Every group on the workers, as many at once as there are workers. Results are written
+        here in the groups' order, as the local engine writes them: a group that finishes early
+        waits in memory until the groups before it are written, so the store's rows (and the ids the
+        export's audit columns carry) do not depend on which worker was faster. A group whose worker
+        dies goes back to the front of the queue, its unwritten results dropped, and the next live
+        worker takes it with what the store then holds; the dead worker joins again once Ray has
+        restarted it."""
         self.centres()
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
@@ -590,6 +593,21 @@ class RayEngine(Engine):
         seconds: dict[tuple, dict[int, float]] = {}
         started: dict[tuple, float] = {}
         stalled_since: float | None = None
+        write_order = [tuple(labels) for labels in groups]
+        waiting: dict[tuple, list] = {}  # results of groups not yet at the head of write_order
+        finished: dict[tuple, float] = {}  # group -> wall seconds, done but not yet written as done
+
+        def write_ready():
+            """Write the head group's results, and move on while the head group is done."""
+            while write_order:
+                head = write_order[0]
+                for payload in waiting.pop(head, []):
+                    for label, s in self.consume(list(head), iter([payload])).items():
+                        seconds[head][label] = seconds[head].get(label, 0.0) + s
+                if head not in finished:
+                    return
+                self.finish(list(head), seconds.pop(head), finished.pop(head))
+                write_order.pop(0)
 
         def submit(worker, labels, attempt):
             key = tuple(labels)
@@ -633,14 +651,16 @@ class RayEngine(Engine):
                     continue
                 key = tuple(labels)
                 if kind == "item":
-                    for label, s in self.consume(labels, iter([payload])).items():
-                        seconds[key][label] = seconds[key].get(label, 0.0) + s
+                    waiting.setdefault(key, []).append(payload)
+                    write_ready()
                 elif kind == "done":
                     running.pop(key)
-                    self.finish(labels, seconds.pop(key), time.time() - started.pop(key))
+                    finished[key] = time.time() - started.pop(key)
                     free.append(worker)
+                    write_ready()
                 else:
                     running.pop(key)
+                    waiting.pop(key, None)  # not written: the next worker makes them again, the same
                     _raise_user_error(payload)
                     if not _is_worker_death(payload):
                         raise self._lost(f"classes {labels} failed on Ray: {_one_line(payload)}")
