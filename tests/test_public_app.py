@@ -277,7 +277,11 @@ def test_two_browsers_keep_to_their_own_runs(browser, pub):
         # A reloads: its run, its decision and its list are still there
         page_a.reload()
         page_a.locator("#run-info").get_by_text(rid).first.wait_for()
-        page_a.get_by_role("tab", name="Set-up").click()  # a reload reopens the tab it was on (Curate)
+        # the reload reopens the tab it was on (Curate) as its last step: wait for that before leaving it,
+        # or the restore switches back under the click
+        page_a.get_by_role("tab", name="Curate", selected=True).wait_for()
+        page_a.locator("#candidates .cards").first.wait_for(state="visible")
+        page_a.get_by_role("tab", name="Set-up").click()
         assert any(rid in t for t in _dropdown_options(page_a, "Existing runs"))
         page_a.get_by_role("tab", name="Curate").click()
         page_a.locator("#anomaly-id input").fill(str(aid))
