@@ -84,13 +84,11 @@ def _from_rows(store: RunStore, name: str, rows: list[ImageRecord]) -> TrainSet:
     return TrainSet(images, np.asarray([r.label for r in rows], dtype=np.int64), name, tuple(r.id for r in rows))
 
 
-def curated_set(store: RunStore) -> TrainSet:
-    """The curated set as it stands: passed originals, picked candidates, a person's decisions."""
-    return _from_rows(store, "curated", [f.image for c in finished_labels(store) for f in final_set(store, c)])
+def _curated_rows(store: RunStore) -> list[ImageRecord]:
+    return [f.image for c in finished_labels(store) for f in final_set(store, c)]
 
 
-def automatic_set(store: RunStore) -> TrainSet:
-    """Passed originals plus the stored automatic pick of each anomaly; people's decisions ignored."""
+def _automatic_rows(store: RunStore) -> list[ImageRecord]:
     picks = store.auto_picks()
     rows = []
     for c in finished_labels(store):
@@ -99,12 +97,46 @@ def automatic_set(store: RunStore) -> TrainSet:
                 rows.append(r)
             elif picks.get(r.id) is not None:
                 rows.append(store.image(picks[r.id]))
-    return _from_rows(store, "automatic", rows)
+    return rows
+
+
+def _unrefined_rows(store: RunStore) -> list[ImageRecord]:
+    return [r for c in finished_labels(store) for r in store.synthetic(c)]
+
+
+_ROWS = {"curated": _curated_rows, "automatic": _automatic_rows, "unrefined": _unrefined_rows}
+
+
+def curated_set(store: RunStore) -> TrainSet:
+    """The curated set as it stands: passed originals, picked candidates, a person's decisions."""
+    return _from_rows(store, "curated", _curated_rows(store))
+
+
+def automatic_set(store: RunStore) -> TrainSet:
+    """Passed originals plus the stored automatic pick of each anomaly; people's decisions ignored."""
+    return _from_rows(store, "automatic", _automatic_rows(store))
 
 
 def unrefined_set(store: RunStore) -> TrainSet:
     """The initial synthesis: every synthetic image, anomalies included."""
-    return _from_rows(store, "unrefined", [r for c in finished_labels(store) for r in store.synthetic(c)])
+    return _from_rows(store, "unrefined", _unrefined_rows(store))
+
+
+def current_digests(store: RunStore) -> dict[str, str]:
+    """``TrainSet.digest`` of the run's synthetic sets as they stand now, from their image ids and
+    labels only (no image is read), so a view can tell an evaluation of an earlier version of a set
+    (before a person's later decisions, say) from one of the current set. ``random_real`` is left
+    out: its draw is fixed by the run's seed. Empty while a class is unfinished."""
+    try:
+        finished_labels(store)
+    except StoreError:
+        return {}
+    out = {}
+    for name, rows_of in _ROWS.items():
+        rows = rows_of(store)
+        ids, labels = tuple(r.id for r in rows), np.asarray([r.label for r in rows], dtype=np.int64)
+        out[name] = TrainSet(torch.zeros(0), labels, name, ids).digest
+    return out
 
 
 def random_real(data: Dataset, ipc: int, seed: int, labels: list[int] | None = None) -> TrainSet:

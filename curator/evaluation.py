@@ -390,7 +390,172 @@ def evaluation_table(records: Sequence[EvaluationRecord], per_class: bool = True
     return "\n".join(lines)
 
 
+# --- what the app shows: pure functions of stored records (the CLI's numbers, the same properties) ---
+@dataclass(frozen=True)
+class Setup:
+    """How students were trained, apart from the set: the protocol, its temperature (0 for hard
+    labels) and the student. Results of one setup are comparable across sets."""
+
+    protocol: str
+    student: str
+    temperature: float = 0.0
+
+    @property
+    def label(self) -> str:
+        proto = "hard labels" if self.protocol == "hard" else f"soft labels (T={self.temperature:g})"
+        name = "ConvNet-3" if self.student == "convnet" else self.student
+        return f"{proto} · {name}"
+
+
+def setup_of(record: EvaluationRecord) -> Setup:
+    return Setup(record.protocol, record.student, float(record.temperature))
+
+
+def setups(records: Sequence[EvaluationRecord]) -> list[Setup]:
+    """The setups of ``records``, the most recently evaluated first."""
+    latest: dict[Setup, int] = {}
+    for r in records:
+        latest[setup_of(r)] = max(latest.get(setup_of(r), -1), r.id)
+    return sorted(latest, key=lambda s: -latest[s])
+
+
+def results_for(
+    records: Sequence[EvaluationRecord], setup: Setup | None = None, current: dict[str, str] | None = None
+) -> list[EvaluationRecord]:
+    """One record per set for ``setup`` (default: the newest setup), in ``SETS`` order: the newest
+    evaluation of the set as it stands now (``current``: set name -> digest, from
+    ``evalsets.current_digests``), else the newest of an earlier version of the set."""
+    if setup is None:
+        found = setups(records)
+        if not found:
+            return []
+        setup = found[0]
+    out = []
+    for name in SETS:
+        mine = [r for r in records if r.set_name == name and setup_of(r) == setup]
+        now = [r for r in mine if is_current(r, current)]
+        pick = max(now or mine, key=lambda r: r.id, default=None)
+        if pick is not None:
+            out.append(pick)
+    return out
+
+
+def is_current(record: EvaluationRecord, current: dict[str, str] | None) -> bool:
+    """Whether ``record`` evaluated the set as it stands (True when unknown, and for random real)."""
+    return current is None or record.set_name not in current or current[record.set_name] == record.set_digest
+
+
+def _round(x: float, digits: int = 1) -> float:
+    return float("nan") if x != x else round(100 * x, digits)
+
+
+SUMMARY_COLUMNS = ["set", "images", "epochs", "seeds done", "status", "top-1 %", "± std", "per seed %",
+                   "s / student", "note"]  # fmt: skip
+
+
+def summary_frame(records: Sequence[EvaluationRecord], current: dict[str, str] | None = None):
+    """One row per evaluation: the set, its size, epochs, seeds done of asked, status (``partial``
+    until every asked seed is stored), top-1 mean and population std over finished seeds in %,
+    each seed's top-1, the mean seconds per student, and a note when the set has changed since."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        rows.append({
+            "set": SET_TITLES.get(r.set_name, r.set_name),
+            "images": r.n_train,
+            "epochs": r.epochs,
+            "seeds done": f"{len(r.students)} of {len(r.seeds)}",
+            "status": r.status,
+            "top-1 %": _round(r.mean),
+            "± std": _round(r.std),
+            "per seed %": ", ".join(f"{s.seed}: {_pct(s.accuracy)}" for s in r.students) or "-",
+            "s / student": round(r.seconds / len(r.students), 1) if r.students else float("nan"),
+            "note": "" if is_current(r, current) else "an earlier version of the set (decisions changed since)",
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def per_class_frame(records: Sequence[EvaluationRecord]):
+    """Top-1 % of each true class (columns, the run's class names) for each evaluation (rows, by
+    set), over its finished students; NaN where a class has no test image or nothing finished."""
+    import pandas as pd
+
+    if not records:
+        return pd.DataFrame(columns=["set"])
+    names = [str(n) for n in records[0].class_names]
+    rows = []
+    for r in records:
+        cells = [_round(a) for a in r.per_class] if r.students else [float("nan")] * len(names)
+        rows.append([SET_TITLES.get(r.set_name, r.set_name), *cells])
+    return pd.DataFrame(rows, columns=["set", *names])
+
+
+def student_frame(records: Sequence[EvaluationRecord]):
+    """One row per finished student: the set, its seed, top-1 %, seconds to train and test, device."""
+    import pandas as pd
+
+    rows = [
+        [SET_TITLES.get(r.set_name, r.set_name), s.seed, _round(s.accuracy, 2), round(s.seconds, 1), s.device]
+        for r in records
+        for s in r.students
+    ]
+    return pd.DataFrame(rows, columns=["set", "seed", "top-1 %", "seconds", "device"])
+
+
+def confusion_percent(record: EvaluationRecord) -> np.ndarray:
+    """The summed confusion matrix [true, predicted] as % of each true class's test images (rows
+    sum to 100; a class without test images is a row of NaN)."""
+    c = record.confusion.astype(np.float64)
+    rows = c.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, 100 * c / np.maximum(rows, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class ReviewGain:
+    """What a person's decisions were worth: top-1 (fractions) of the curated set, with the
+    decisions, against the automatic set, the pipeline's picks, under one setup."""
+
+    curated: EvaluationRecord
+    automatic: EvaluationRecord
+
+    @property
+    def points(self) -> float:
+        """Curated minus automatic mean top-1, in percentage points."""
+        return 100 * (self.curated.mean - self.automatic.mean)
+
+    def text(self) -> str:
+        c, a = self.curated, self.automatic
+        sign = "+" if self.points >= 0 else "−"
+        verdict = (
+            "your decisions raised top-1" if self.points > 0
+            else "your decisions lowered top-1" if self.points < 0 else "your decisions left top-1 unchanged"
+        )  # fmt: skip
+        spread = max(c.std, a.std) * 100
+        caution = (
+            f" (within one std, {spread:.1f} points: not a clear difference)" if abs(self.points) <= spread else ""
+        )
+        partial = " Partial: not every asked seed is done." if "partial" in (c.status, a.status) else ""
+        return (
+            f"Curated, with your decisions: {_pct(c.mean)} ± {_pct(c.std)} % ({len(c.students)} seed(s), "
+            f"{c.n_train} images) · automatic, the pipeline's picks: {_pct(a.mean)} ± {_pct(a.std)} % "
+            f"({len(a.students)} seed(s), {a.n_train} images) → {verdict} by {sign}{abs(self.points):.1f} points"
+            f"{caution}.{partial}"
+        )
+
+
+def review_gain(records: Sequence[EvaluationRecord]) -> ReviewGain | None:
+    """The curated-versus-automatic comparison among ``records`` (one setup, e.g. ``results_for``'s),
+    or None unless both sets have a finished student."""
+    by = {r.set_name: r for r in records if r.students}
+    if "curated" not in by or "automatic" not in by:
+        return None
+    return ReviewGain(by["curated"], by["automatic"])
+
+
 __all__ = [
-    "SETS", "EvalResult", "EvalSet", "StudentProgress", "evaluate_run", "evaluate_set", "evaluation_table",
-    "load_eval_set", "seed_list",
+    "SETS", "EvalResult", "EvalSet", "ReviewGain", "Setup", "StudentProgress", "confusion_percent", "evaluate_run",
+    "evaluate_set", "evaluation_table", "is_current", "load_eval_set", "per_class_frame", "results_for",
+    "review_gain", "seed_list", "setup_of", "setups", "student_frame", "summary_frame",
 ]  # fmt: skip

@@ -545,7 +545,7 @@ class Callbacks:
         # the user started in the meantime.
         return RunOutputs.skip(runs=gr.update(choices=self._runs_of(key)))
 
-    TABS = ("setup", "curate", "overview", "embeddings", "export")
+    TABS = ("setup", "curate", "overview", "embeddings", "export", "evaluate")
 
     def remember_place(self, state: dict | None, place: dict | None, label=None, anomaly_id=None, tab=None):
         """The place this browser keeps with its run (``gr.BrowserState``): the tab, class and

@@ -14,7 +14,7 @@ import pandas as pd
 
 from curator.config import RunConfig, rule
 from curator.export import COLUMNS as EXPORT_COLUMNS
-from curator.ui import resources, serving, visitors
+from curator.ui import evaluate_tab, resources, serving, visitors
 from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, Callbacks
 from curator.ui.outputs import Panel, RunOutputs
 from curator.ui.plots import COLOR_BY, PLOT_JS
@@ -142,7 +142,7 @@ def launch_kwargs(settings: AppSettings) -> dict:
     return dict(
         theme=THEME,
         head=HEAD,
-        css=CSS,
+        css=CSS + evaluate_tab.CSS,
         allowed_paths=[],
         blocked_paths=serving.blocked_paths(settings),
         max_file_size=f"{settings.max_upload_mb}mb",  # Gradio refuses larger uploads outright
@@ -340,6 +340,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     elem_id="export-preview", wrap=True,
                 )  # fmt: skip
 
+            with gr.Tab("Evaluate", id="evaluate") as eval_tab_component:
+                eval_tab = evaluate_tab.build()  # curator/ui/evaluate_tab.py
+
         # named outputs: the field order of Panel / RunOutputs is the order of these lists (curator.ui.outputs)
         run_outputs = list(
             RunOutputs(
@@ -493,4 +496,5 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         ).then(**to_curate)
 
         export_btn.click(cb.export, [state], [export_msg, download, preview], api_name="export")
+        evaluate_tab.wire(eval_tab, cb, state, eval_tab_component, gen_kw)  # students take the device queue too
     return demo
