@@ -346,8 +346,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_run(args: argparse.Namespace) -> int:
     """A run's sets: train the students it lacks (each stored as it finishes), print what is stored."""
-    from curator.evalsets import SETS
-    from curator.evaluation import evaluate_run, evaluation_table
+    from curator.evalsets import SETS, check_set_names
+    from curator.evaluation import Setup, _check_protocol, evaluate_run, evaluation_table, stored_results
     from curator.store import RunStore
 
     sets = list(SETS) if args.sets in ("all",) else (args.sets or "curated").split(",")
@@ -362,13 +362,19 @@ def _evaluate_run(args: argparse.Namespace) -> int:
             last["key"] = key
 
     try:
-        records = evaluate_run(
-            store, sets=[s.strip() for s in sets], protocol=args.protocol, student=args.student,
-            seeds=args.seeds, temperature=args.temperature, epochs=args.epochs, device=args.device, flip=args.flip,
-            train=not args.show, progress=progress,
-        )  # fmt: skip
+        current = None
+        if args.show:  # what the app's Evaluate tab shows for this protocol and student (the same code)
+            names = check_set_names([s.strip() for s in sets])
+            setup = Setup(args.protocol, args.student, _check_protocol(args.protocol, args.temperature))
+            records, current = stored_results(store, setup, names)
+        else:
+            records = evaluate_run(
+                store, sets=[s.strip() for s in sets], protocol=args.protocol, student=args.student,
+                seeds=args.seeds, temperature=args.temperature, epochs=args.epochs, device=args.device,
+                flip=args.flip, progress=progress,
+            )  # fmt: skip
         print(f"run {store.run_id}: top-1 on the real test split")
-        print(evaluation_table(records))
+        print(evaluation_table(records, current=current))
     except KeyboardInterrupt:
         print("interrupted; finished students are stored: the same command continues", file=sys.stderr)
         return 130
@@ -548,7 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=4.0, help="soft labels: distillation temperature (default 4)")
     p.add_argument("--student", default="convnet", help="convnet (ConvNet-3) or a timm model name, e.g. resnet10t")
     p.add_argument("--seeds", type=int, default=3, help="students trained, seeds 0..N-1 (default 3)")
-    p.add_argument("--show", action="store_true", help="a run: print the stored results, train nothing")
+    p.add_argument(
+        "--show",
+        action="store_true",
+        help="a run: print the stored results, train nothing "
+        "(as the app's Evaluate tab: the newest of each set for --protocol and --student)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="default: about 300 SGD steps (300 epochs <= 256 images)")
     p.add_argument(
         "--test-data",

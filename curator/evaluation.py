@@ -363,10 +363,13 @@ def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.1f}"
 
 
-def evaluation_table(records: Sequence[EvaluationRecord], per_class: bool = True) -> str:
+def evaluation_table(
+    records: Sequence[EvaluationRecord], per_class: bool = True, current: dict[str, str] | None = None
+) -> str:
     """Stored evaluations as text: one line each (set, protocol, student, seeds done of asked,
     status, top-1 mean ± std in %, each seed's top-1, seconds per student), then the per-class
-    accuracy (%) of each evaluation. The CLI prints it; the numbers are the store's."""
+    accuracy (%) of each evaluation. The CLI prints it; the numbers are the store's. With
+    ``current`` (``evalsets.current_digests``), a set evaluated in an earlier version is starred."""
     if not records:
         return "no evaluations stored"
     head = f"{'set':<32} {'protocol':<10} {'student':<12} {'images':>6} {'seeds':>6} {'status':<9} " \
@@ -377,8 +380,9 @@ def evaluation_table(records: Sequence[EvaluationRecord], per_class: bool = True
         per_seed = ", ".join(f"{s.seed}: {_pct(s.accuracy)}" for s in r.students) or "-"
         top = f"{_pct(r.mean)} ± {_pct(r.std)}" if r.students else "-"
         secs = f"{r.seconds / len(r.students):.1f}" if r.students else "-"
+        title = SET_TITLES.get(r.set_name, r.set_name) + ("" if is_current(r, current) else " *")
         lines.append(
-            f"{SET_TITLES.get(r.set_name, r.set_name):<32} {proto:<10} {r.student:<12} {r.n_train:>6} "
+            f"{title:<32} {proto:<10} {r.student:<12} {r.n_train:>6} "
             f"{len(r.students):>2}/{len(r.seeds):<3} {r.status:<9} {top:>12}  {per_seed:<22} {secs:>9}"
         )
     if per_class:
@@ -387,6 +391,8 @@ def evaluation_table(records: Sequence[EvaluationRecord], per_class: bool = True
         for r in records:
             cells = " ".join(f"{_pct(a):>6}" for a in r.per_class)
             lines.append(f"{SET_TITLES.get(r.set_name, r.set_name):<32} {cells}")
+    if not all(is_current(r, current) for r in records):
+        lines += ["", "* an earlier version of the set: decisions changed since it was evaluated"]
     return "\n".join(lines)
 
 
@@ -527,7 +533,6 @@ class ReviewGain:
 
     def text(self) -> str:
         c, a = self.curated, self.automatic
-        sign = "+" if self.points >= 0 else "−"
         verdict = (
             "your decisions raised top-1" if self.points > 0
             else "your decisions lowered top-1" if self.points < 0 else "your decisions left top-1 unchanged"
@@ -540,9 +545,24 @@ class ReviewGain:
         return (
             f"Curated, with your decisions: {_pct(c.mean)} ± {_pct(c.std)} % ({len(c.students)} seed(s), "
             f"{c.n_train} images) · automatic, the pipeline's picks: {_pct(a.mean)} ± {_pct(a.std)} % "
-            f"({len(a.students)} seed(s), {a.n_train} images) → {verdict} by {sign}{abs(self.points):.1f} points"
+            f"({len(a.students)} seed(s), {a.n_train} images) → {verdict}"
+            f"{'' if self.points == 0 else f' by {abs(self.points):.1f} points'}"
             f"{caution}.{partial}"
         )
+
+
+def stored_results(
+    store: RunStore, setup: Setup | None = None, sets: Sequence[str] | None = None
+) -> tuple[list[EvaluationRecord], dict[str, str]]:
+    """What the app's Evaluate tab and ``python -m curator evaluate RUN --show`` show: for ``setup``
+    (default the newest), the newest evaluation of each set (of ``sets``, default all), preferring
+    the set as it stands now (``results_for``); and the sets' current digests, to mark the rest.
+    Reads only: nothing is trained or written."""
+    from curator.evalsets import current_digests
+
+    current = current_digests(store)
+    shown = results_for(evaluations(store), setup, current)
+    return [r for r in shown if sets is None or r.set_name in sets], current
 
 
 def review_gain(records: Sequence[EvaluationRecord]) -> ReviewGain | None:
@@ -557,5 +577,5 @@ def review_gain(records: Sequence[EvaluationRecord]) -> ReviewGain | None:
 __all__ = [
     "SETS", "EvalResult", "EvalSet", "ReviewGain", "Setup", "StudentProgress", "confusion_percent", "evaluate_run",
     "evaluate_set", "evaluation_table", "is_current", "load_eval_set", "per_class_frame", "results_for",
-    "review_gain", "seed_list", "setup_of", "setups", "student_frame", "summary_frame",
+    "review_gain", "seed_list", "setup_of", "setups", "stored_results", "student_frame", "summary_frame",
 ]  # fmt: skip

@@ -56,7 +56,7 @@ def test_evaluate_a_run_and_read_the_result_after_a_reload(browser, app):  # noq
         page.locator("#eval-epochs input").fill(str(EPOCHS))
         page.evaluate(RECORD_MESSAGES)
         page.locator("#eval-start-btn").click()
-        wait_msg(page, "eval-msg", "done in \\d+ s: 2 set\\(s\\) evaluated, 2 student\\(s\\) stored")
+        wait_msg(page, "eval-msg", "done in \\d+ s: 2 student\\(s\\) trained, 2 set\\(s\\) evaluated")
         page.evaluate("() => cancelAnimationFrame(window.__evalRaf)")
         seen = page.evaluate("() => window.__evalMsgs")
         progress = [m for m in seen if re.search(rf"student [12] of 2 · .*seed 0 · epoch \d+ of {EPOCHS}", m)]

@@ -20,6 +20,7 @@ from curator.evaluation import (
     review_gain,
     setup_of,
     setups,
+    stored_results,
     student_frame,
     summary_frame,
 )
@@ -129,7 +130,7 @@ def test_start_streams_progress_then_shows_the_stored_result(ev, run_copy, monke
     assert lines[0].startswith("⏳ preparing the sets (curated, automatic)")
     assert any(re.match(r"⏳ student [12] of 2 · .*, seed 0 · epoch [123] of 3 · \d+ s$", m) for m in lines), lines
     final = outs[-1]
-    assert final.message.startswith("✔ done in") and "2 student(s) stored" in final.message
+    assert final.message.startswith("✔ done in") and "2 student(s) trained, 2 set(s) evaluated" in final.message
     records = evaluations(run_copy)
     assert list(final.summary["status"]) == ["complete", "complete"]
     assert list(final.summary["top-1 %"]) == [round(100 * r.mean, 1) for r in records]
@@ -137,6 +138,9 @@ def test_start_streams_progress_then_shows_the_stored_result(ev, run_copy, monke
     shown = ev.show(state)  # a reload or a later visit: the same numbers, from the store
     assert shown.summary.equals(final.summary) and shown.comparison == final.comparison
     assert shown.setup["value"] == "hard labels · ConvNet-3"
+    again = list(ev.start(state, ["curated", "automatic"], "hard", 4, "convnet", 1, 3))[-1]
+    assert again.message == "✔ nothing to train: every asked seed of the 2 set(s) is stored"
+    assert again.summary.equals(final.summary)
 
 
 def test_cancel_keeps_finished_students_and_shows_the_evaluation_as_partial(ev, run_copy, monkeypatch):  # noqa: F811
@@ -149,6 +153,7 @@ def test_cancel_keeps_finished_students_and_shows_the_evaluation_as_partial(ev, 
             report(p)
             if p.epoch == p.epochs:  # the first student is done: press Cancel
                 assert ev.cancel(state).startswith("⚠ cancelling")
+
         return evaluate_run(store, **{**kw, "progress": progress})
 
     monkeypatch.setattr(et, "evaluate_run", cancel_after_first_student)
@@ -188,5 +193,37 @@ def test_start_takes_the_device_queue_and_fills_the_named_outputs():
     assert start.concurrency_id == run_class.concurrency_id == "device" and start.concurrency_limit == 1
     names = [o.elem_id for o in start.outputs]
     assert names[:2] == ["eval-msg", "eval-setup"] and len(names) == len(et.EvalOutputs._fields)
-    assert all([o._id for o in d.outputs] == [o._id for o in start.outputs] for d in deps["show"])
-    assert len(deps["show"]) == 3  # the open run changes, the tab opens, a setup is chosen
+    shows = deps["show"] + deps["show_run"]
+    assert all([o._id for o in d.outputs] == [o._id for o in start.outputs] for d in shows)
+    assert len(shows) == 3  # the open run changes, the tab opens, a setup is chosen
+
+
+def test_cli_show_prints_what_the_tab_shows(ev, run_copy, capsys):  # noqa: F811
+    """``evaluate RUN --show`` and the tab read the same records (``stored_results``), epochs
+    whatever they were; a set changed since its evaluation is starred in the CLI, noted in the tab."""
+    from curator.cli import main
+
+    evaluate_run(run_copy, sets=["curated", "automatic"], seeds=1, epochs=2, device="cpu")
+    _drop_one_anomaly(run_copy)
+    assert main(["evaluate", str(run_copy.path), "--sets", "all", "--show"]) == 0
+    out = capsys.readouterr().out
+    records, current = stored_results(run_copy)
+    assert evaluation_table(records, current=current) in out
+    assert "curated (with your decisions) *" in out and "* an earlier version of the set" in out
+    shown = ev.show({"run": str(run_copy.path)})
+    assert list(shown.summary["top-1 %"]) == [round(100 * r.mean, 1) for r in records]
+    assert "earlier version" in shown.summary.loc[0, "note"] and shown.summary.loc[1, "note"] == ""
+
+
+def test_soft_labels_and_a_timm_student_from_the_tab(ev, run_copy, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(et, "POLL_SECONDS", 0.01)
+    state = {"run": str(run_copy.path)}
+    list(ev.start(state, ["curated"], "hard", 4, "convnet", 1, 1))
+    final = list(ev.start(state, ["curated"], "soft", 2, "resnet10t", 1, 1))[-1]
+    assert final.message.startswith("✔ done in")
+    (rec,) = [r for r in evaluations(run_copy) if r.student == "resnet10t"]
+    assert (rec.protocol, rec.temperature, rec.status) == ("soft", 2.0, "complete")
+    assert final.setup["value"] == "soft labels (T=2) · resnet10t"  # the newest setup is shown
+    assert final.setup["choices"] == ["soft labels (T=2) · resnet10t", "hard labels · ConvNet-3"]
+    hard = ev.show(state, "hard labels · ConvNet-3")  # "Results of" switches back
+    assert hard.setup["value"] == "hard labels · ConvNet-3" and hard.summary.loc[0, "epochs"] == 1

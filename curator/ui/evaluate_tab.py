@@ -28,16 +28,16 @@ import gradio as gr
 import pandas as pd
 
 from curator.engine import Cancelled
-from curator.errors import USER_ERRORS
-from curator.evalsets import SET_TITLES, SETS, current_digests
+from curator.evalsets import SET_TITLES, SETS
 from curator.evaluation import (
     SUMMARY_COLUMNS,
+    Setup,
     StudentProgress,
     evaluate_run,
     per_class_frame,
-    results_for,
     review_gain,
     setups,
+    stored_results,
     student_frame,
     summary_frame,
 )
@@ -107,8 +107,7 @@ class EvaluateCallbacks:
         found = setups(records)
         labels = [s.label for s in found]
         chosen = next((s for s in found if s.label == setup_label), found[0] if found else None)
-        current = current_digests(store)
-        shown = results_for(records, chosen, current)
+        shown, current = stored_results(store, chosen)  # what `curator evaluate RUN --show` prints
         curated = next((r for r in shown if r.set_name == "curated"), None)
         title = f"Top-1 by set · {chosen.label}" if chosen else ""
         return EvalOutputs(
@@ -129,15 +128,20 @@ class EvaluateCallbacks:
             per_class=pd.DataFrame(columns=["set"]), students=student_frame([]),
         )  # fmt: skip
 
-    def show(self, state: dict | None, setup_label: str | None = None) -> EvalOutputs:
-        """The run's stored evaluations (a run opened, a reload, the tab selected, a setup chosen)."""
+    def show(self, state: dict | None, setup_label: str | None = None, clear: bool = False) -> EvalOutputs:
+        """The run's stored evaluations (the tab selected, a setup chosen); the message line is left
+        as it is (a job's line stays), or cleared with ``clear``."""
         if not (state or {}).get("run"):
             return self._empty("")
         try:
             with self.cb._store(state) as store:
-                return self.view(store, setup_label, message="")
+                return self.view(store, setup_label, message="" if clear else None)
         except Exception as exc:  # noqa: BLE001 - never a traceback in the page
             return EvalOutputs.skip(message=_scrub(_error_message(exc, "evaluate.show"), self.cb.settings))
+
+    def show_run(self, state: dict | None) -> EvalOutputs:
+        """A run opened (Start, Reopen, a reload): its stored evaluations, nothing of the previous run."""
+        return self.show(state, None, clear=True)
 
     # --- a job ---------------------------------------------------------------------------------
     @staticmethod
@@ -210,8 +214,10 @@ class EvaluateCallbacks:
         started = time.time()
         worker = threading.Thread(target=work, name="curator-evaluate", daemon=True)
         worker.start()
-        label = None
-        done = 0
+        temp = args["temperature"] if args["protocol"] == "soft" else 0.0
+        label = Setup(args["protocol"], args["student"], float(temp)).label  # the results shown while it runs
+        done, shown_once = 0, False
+        trained: set[tuple[str, int]] = set()
         try:
             yield EvalOutputs.skip(message=f"⏳ preparing the sets ({', '.join(args['sets'])})…")
             alive = True
@@ -221,15 +227,14 @@ class EvaluateCallbacks:
                 latest = None
                 while not updates.empty():
                     latest = updates.get_nowait()
+                    trained.add((latest.set_name, latest.seed))
                 if latest is None:
                     continue
                 line = self.progress_text(latest, started)
-                if latest.done > done or label is None:  # a student finished (or the first began): show results
-                    done = latest.done
+                if latest.done > done or not shown_once:  # a student finished (or the first began): show results
+                    done, shown_once = latest.done, True
                     with self.cb._store(state) as store:
-                        out = self.view(store, setup_label=label, message=line)
-                        label = out.setup["value"]
-                    yield out
+                        yield self.view(store, setup_label=label, message=line)
                 else:
                     yield EvalOutputs.skip(message=line)
         finally:
@@ -238,21 +243,23 @@ class EvaluateCallbacks:
                 worker.join(30)
         seconds = time.time() - started
         error = outcome.get("error")
-        with self.cb._store(state) as store:
-            records = evaluations(store)
-            chosen = setups(records)[0].label if records else None
-            if error is None:
-                trained = sum(len(r.students) for r in outcome["records"])
-                message = ok(f"done in {seconds:.0f} s: {len(outcome['records'])} set(s) evaluated, "
-                             f"{trained} student(s) stored")  # fmt: skip
-            elif isinstance(error, Cancelled):
-                message = warn(f"cancelled after {seconds:.0f} s: finished students are stored; an evaluation missing "
-                               "seeds shows as partial; Start again trains only the missing ones")  # fmt: skip
-            else:
-                message = _scrub(_error_message(error, "evaluate.start"), self.cb.settings)
-                if not isinstance(error, (*USER_ERRORS, UIError)):
-                    chosen = label
-            yield self.view(store, chosen, message=message)
+        try:
+            with self.cb._store(state) as store:
+                yield self.view(store, label, message=self._outcome(error, outcome, trained, seconds))
+        except Exception as exc:  # noqa: BLE001 - e.g. the run was deleted meanwhile: a message
+            yield EvalOutputs.skip(message=_scrub(_error_message(exc, "evaluate.start"), self.cb.settings))
+
+    def _outcome(self, error: BaseException | None, outcome: dict, trained: set, seconds: float) -> str:
+        """The job's last message: what was trained, a cancel, or what went wrong."""
+        if error is None and not trained:
+            return ok(f"nothing to train: every asked seed of the {len(outcome['records'])} set(s) is stored")
+        if error is None:
+            return ok(f"done in {seconds:.0f} s: {len(trained)} student(s) trained, "
+                      f"{len(outcome['records'])} set(s) evaluated")  # fmt: skip
+        if isinstance(error, Cancelled):
+            return warn(f"cancelled after {seconds:.0f} s: finished students are stored; an evaluation missing "
+                        "seeds shows as partial; Start again trains only the missing ones")  # fmt: skip
+        return _scrub(_error_message(error, "evaluate.start"), self.cb.settings)
 
     def cancel(self, state: dict | None) -> str:
         try:
@@ -315,11 +322,10 @@ def build() -> EvalTab:
         confusion = gr.Plot(label="Confusion matrix of the curated set's students", elem_id="eval-confusion")
     summary = gr.Dataframe(pd.DataFrame(columns=SUMMARY_COLUMNS), label="Per set (top-1 %, mean ± std over seeds)",
                            interactive=False, elem_id="eval-summary", wrap=True)  # fmt: skip
-    with gr.Row():
-        per_class = gr.Dataframe(pd.DataFrame(columns=["set"]), label="Per class (top-1 % of each true class)",
-                                 interactive=False, elem_id="eval-per-class", scale=3)  # fmt: skip
-        students = gr.Dataframe(student_frame([]), label="Each student (time to train and test)", interactive=False,
-                                elem_id="eval-students", scale=2)  # fmt: skip
+    per_class = gr.Dataframe(pd.DataFrame(columns=["set"]), label="Per class (top-1 % of each true class)",
+                             interactive=False, elem_id="eval-per-class")  # fmt: skip
+    students = gr.Dataframe(student_frame([]), label="Each student (seconds to train and test)", interactive=False,
+                            elem_id="eval-students", max_height=300)  # fmt: skip
     outputs = EvalOutputs(message, setup, comparison, bars, confusion, summary, per_class, students)
     return EvalTab(sets, protocol, temperature, student, seeds, epochs, start, cancel, outputs)
 
@@ -337,7 +343,7 @@ def wire(tab: EvalTab, cb: Callbacks, state, tab_component, device_kw: dict) -> 
     tab.start.click(ev.start, [state, *form, tab.outputs.setup], outs, api_name="evaluate",
                     show_progress_on=[tab.outputs.message], **device_kw)  # fmt: skip
     tab.cancel.click(ev.cancel, [state], tab.outputs.message, api_name="cancel_evaluation", queue=False)
-    state.change(ev.show, [state], outs, **quiet)
+    state.change(ev.show_run, [state], outs, **quiet)
     tab_component.select(ev.show, [state, tab.outputs.setup], outs, **quiet)
     tab.outputs.setup.input(ev.show, [state, tab.outputs.setup], outs, **quiet)
     return ev
