@@ -127,8 +127,8 @@ def test_start_streams_progress_then_shows_the_stored_result(ev, run_copy, monke
     state = {"run": str(run_copy.path)}
     outs = list(ev.start(state, ["curated", "automatic"], "hard", 4, "convnet", 1, 3))
     lines = [o.message for o in outs]
-    assert lines[0].startswith("⏳ preparing the sets (curated, automatic)")
-    assert any(re.match(r"⏳ student [12] of 2 · .*, seed 0 · epoch [123] of 3 · \d+ s$", m) for m in lines), lines
+    assert lines[0].startswith("▶ preparing the sets (curated, automatic)")
+    assert any(re.match(r"▶ student [12] of 2 · .*, seed 0 · epoch [123] of 3 · \d+ s$", m) for m in lines), lines
     final = outs[-1]
     assert final.message.startswith("✔ done in") and "2 student(s) trained, 2 set(s) evaluated" in final.message
     records = evaluations(run_copy)
@@ -227,3 +227,15 @@ def test_soft_labels_and_a_timm_student_from_the_tab(ev, run_copy, monkeypatch):
     assert final.setup["choices"] == ["soft labels (T=2) · resnet10t", "hard labels · ConvNet-3"]
     hard = ev.show(state, "hard labels · ConvNet-3")  # "Results of" switches back
     assert hard.setup["value"] == "hard labels · ConvNet-3" and hard.summary.loc[0, "epochs"] == 1
+
+
+def test_an_evaluation_with_no_finished_student_is_partial_not_a_result(ev, run_copy):  # noqa: F811
+    from curator.store import start_evaluation
+
+    start_evaluation(run_copy, set_name="curated", set_digest=current_digests(run_copy)["curated"], protocol="hard",
+                     student="convnet", temperature=0, epochs=1, seeds=[0, 1], n_train=5, n_test=9,
+                     class_names=run_copy.class_names)  # fmt: skip  (what a kill in the first student leaves)
+    out = ev.show({"run": str(run_copy.path)})
+    assert out.comparison == "No student of these sets has finished yet."
+    assert out.summary.loc[0, ["seeds done", "status"]].tolist() == ["0 of 2", "partial"]
+    assert np.isnan(out.summary.loc[0, "top-1 %"]) and out.students.empty

@@ -33,7 +33,7 @@ def accuracy_bars(
     on the bar; a partial evaluation (seeds missing) says so under its name."""
     shown = [r for r in records if r.students]
     if not shown:
-        return _empty("No results yet: choose sets and press Start")
+        return _empty("No student has finished yet" if records else "No results yet: choose sets and press Start")
     fig = go.Figure()
     names = []
     for r in shown:

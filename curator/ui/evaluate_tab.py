@@ -88,7 +88,9 @@ def _comparison_md(records) -> str:
     if gain is not None:
         return f"**Worth of your review.** {gain.text()}"
     names = {r.set_name for r in records if r.students}
-    if names and not {"curated", "automatic"} <= names:
+    if not names:
+        return "No student of these sets has finished yet."
+    if not {"curated", "automatic"} <= names:
         return ("**Worth of your review:** evaluate both *curated (with your decisions)* and *automatic "
                 "(pipeline's picks)* with this protocol and student to compare them.")  # fmt: skip
     return ""
@@ -180,9 +182,9 @@ class EvaluateCallbacks:
 
     @staticmethod
     def progress_text(p: StudentProgress, started: float) -> str:
-        """``student 2 of 4 · automatic (pipeline's picks), seed 1 · epoch 40 of 300 · 12 s``."""
+        """``▶ student 2 of 4 · automatic (pipeline's picks), seed 1 · epoch 40 of 300 · 12 s``."""
         return (
-            f"⏳ student {p.done + 1} of {p.total} · {SET_TITLES.get(p.set_name, p.set_name)}, seed {p.seed} · "
+            f"▶ student {p.done + 1} of {p.total} · {SET_TITLES.get(p.set_name, p.set_name)}, seed {p.seed} · "
             f"epoch {p.epoch} of {p.epochs} · {time.time() - started:.0f} s"
         )
 
@@ -219,7 +221,7 @@ class EvaluateCallbacks:
         done, shown_once = 0, False
         trained: set[tuple[str, int]] = set()
         try:
-            yield EvalOutputs.skip(message=f"⏳ preparing the sets ({', '.join(args['sets'])})…")
+            yield EvalOutputs.skip(message=f"▶ preparing the sets ({', '.join(args['sets'])})…")
             alive = True
             while alive:
                 alive = worker.is_alive()  # one more pass after the end: its last progress is shown too
