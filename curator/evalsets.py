@@ -139,6 +139,20 @@ def current_digests(store: RunStore) -> dict[str, str]:
     return out
 
 
+def review_changed_set(store: RunStore) -> bool | None:
+    """Whether a person's decisions made the curated set differ from the automatic one (other
+    images or labels, order aside); None while a class is unfinished."""
+    try:
+        finished_labels(store)
+    except StoreError:
+        return None
+
+    def key(rows: list[ImageRecord]) -> list[tuple[int, int]]:
+        return sorted((r.id, r.label) for r in rows)
+
+    return key(_curated_rows(store)) != key(_automatic_rows(store))
+
+
 def random_real(data: Dataset, ipc: int, seed: int, labels: list[int] | None = None) -> TrainSet:
     """``ipc`` random training images of each class in ``labels`` (default all), seeded. The draws are
     made for every class in order, so a class's draw does not depend on ``labels``."""

@@ -525,6 +525,7 @@ class ReviewGain:
 
     curated: EvaluationRecord
     automatic: EvaluationRecord
+    changed: bool | None = None  # whether the decisions changed the set's images (None: unknown)
 
     @property
     def points(self) -> float:
@@ -542,12 +543,13 @@ class ReviewGain:
             f" (within one std, {spread:.1f} points: not a clear difference)" if abs(self.points) <= spread else ""
         )
         partial = " Partial: not every asked seed is done." if "partial" in (c.status, a.status) else ""
+        outcome = f"{verdict}{'' if self.points == 0 else f' by {abs(self.points):.1f} points'}{caution}"
+        if self.changed is False:  # the same images: any difference is training noise
+            outcome = "the same images: no decision of yours has changed the set yet"
         return (
             f"Curated, with your decisions: {_pct(c.mean)} ± {_pct(c.std)} % ({len(c.students)} seed(s), "
             f"{c.n_train} images) · automatic, the pipeline's picks: {_pct(a.mean)} ± {_pct(a.std)} % "
-            f"({len(a.students)} seed(s), {a.n_train} images) → {verdict}"
-            f"{'' if self.points == 0 else f' by {abs(self.points):.1f} points'}"
-            f"{caution}.{partial}"
+            f"({len(a.students)} seed(s), {a.n_train} images) → {outcome}.{partial}"
         )
 
 
@@ -565,13 +567,14 @@ def stored_results(
     return [r for r in shown if sets is None or r.set_name in sets], current
 
 
-def review_gain(records: Sequence[EvaluationRecord]) -> ReviewGain | None:
+def review_gain(records: Sequence[EvaluationRecord], changed: bool | None = None) -> ReviewGain | None:
     """The curated-versus-automatic comparison among ``records`` (one setup, e.g. ``results_for``'s),
-    or None unless both sets have a finished student."""
+    or None unless both sets have a finished student. ``changed``: whether the person's decisions
+    changed the set (``evalsets.review_changed_set``), said in the text when they did not."""
     by = {r.set_name: r for r in records if r.students}
     if "curated" not in by or "automatic" not in by:
         return None
-    return ReviewGain(by["curated"], by["automatic"])
+    return ReviewGain(by["curated"], by["automatic"], changed)
 
 
 __all__ = [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_evaluation import run_copy, split_folder, tiny_run  # noqa: F401 (fixtures)
 
-from curator.evalsets import build_set, current_digests
+from curator.evalsets import build_set, current_digests, review_changed_set
 from curator.evaluation import (
     confusion_percent,
     evaluate_run,
@@ -87,6 +87,11 @@ def test_review_gain_compares_curated_with_automatic(run_copy):  # noqa: F811
     assert gain.points == pytest.approx(100 * (recs[0].mean - recs[1].mean))
     assert "Curated, with your decisions" in gain.text() and "automatic" in gain.text()
     assert review_gain(recs[:1]) is None  # nothing to compare with
+    assert review_changed_set(run_copy) is False  # no person decided: the same images
+    assert "the same images: no decision of yours has changed the set yet" in review_gain(recs, False).text()
+    _drop_one_anomaly(run_copy)
+    assert review_changed_set(run_copy) is True
+    assert "the same images" not in review_gain(recs, True).text()
 
 
 # --- handlers ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import gradio as gr
 import pandas as pd
 
 from curator.engine import Cancelled
-from curator.evalsets import SET_TITLES, SETS
+from curator.evalsets import SET_TITLES, SETS, review_changed_set
 from curator.evaluation import (
     SUMMARY_COLUMNS,
     Setup,
@@ -83,8 +83,8 @@ class EvalOutputs(NamedTuple):
 EVAL_SIZE = len(EvalOutputs._fields)
 
 
-def _comparison_md(records) -> str:
-    gain = review_gain(records)
+def _comparison_md(records, changed: bool | None = None) -> str:
+    gain = review_gain(records, changed)
     if gain is not None:
         return f"**Worth of your review.** {gain.text()}"
     names = {r.set_name for r in records if r.students}
@@ -115,7 +115,7 @@ class EvaluateCallbacks:
         return EvalOutputs(
             message=gr.skip() if message is None else message,
             setup=gr.update(choices=labels, value=chosen.label if chosen else None),
-            comparison=_comparison_md(shown) if shown else NO_RESULTS,
+            comparison=_comparison_md(shown, review_changed_set(store)) if shown else NO_RESULTS,
             bars=accuracy_bars(shown, title, current),
             confusion=confusion_figure(curated),
             summary=summary_frame(shown, current),
