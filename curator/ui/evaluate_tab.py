@@ -188,7 +188,7 @@ class EvaluateCallbacks:
             f"epoch {p.epoch} of {p.epochs} · {time.time() - started:.0f} s"
         )
 
-    def start(self, state, sets, protocol, temperature, student, seeds, epochs, setup_label=None):
+    def start(self, state, sets, protocol, temperature, student, seeds, epochs):
         """Train the students the chosen evaluation lacks, streaming progress and, after each student,
         the stored results. Yields ``EvalOutputs``."""
         try:
@@ -342,7 +342,7 @@ def wire(tab: EvalTab, cb: Callbacks, state, tab_component, device_kw: dict) -> 
     tab.protocol.change(lambda p: gr.update(visible=p == "soft"), tab.protocol, tab.temperature, queue=False,
                         api_visibility="private")  # fmt: skip
     form = [tab.sets, tab.protocol, tab.temperature, tab.student, tab.seeds, tab.epochs]
-    tab.start.click(ev.start, [state, *form, tab.outputs.setup], outs, api_name="evaluate",
+    tab.start.click(ev.start, [state, *form], outs, api_name="evaluate",
                     show_progress_on=[tab.outputs.message], **device_kw)  # fmt: skip
     tab.cancel.click(ev.cancel, [state], tab.outputs.message, api_name="cancel_evaluation", queue=False)
     state.change(ev.show_run, [state], outs, **quiet)
