@@ -178,6 +178,8 @@ def review_queue(
         raise ValueError(f"unknown reason {reason!r}; use one of {REASONS}")
     if state is not None and state not in (*DECISION_STATES, TO_REVIEW):
         raise ValueError(f"unknown decision state {state!r}; use one of {(*DECISION_STATES, TO_REVIEW)}")
+    if label is not None and not isinstance(label, int):
+        raise ValueError(f"label must be a class number, got {label!r}")
     rows = store.anomaly_rows()
     decisions, picks = store.decisions(), store.auto_picks()
     dz = anomaly_doubts(store, rows)
@@ -188,6 +190,13 @@ def review_queue(
     ]  # fmt: skip
     if order == "doubt":
         items = [items[i] for i in doubt_order(dz.doubt)]
+    return filter_queue(items, reason, state, label)
+
+
+def filter_queue(
+    items: Iterable[QueueItem], reason: str | None = None, state: str | None = None, label: int | None = None
+) -> list[QueueItem]:
+    """The items that match every filter given (None = any), order kept; see ``review_queue``."""
     return [
         q for q in items
         if (reason is None or q.reason == reason)

@@ -220,7 +220,7 @@ def test_run_class_reports_stages_and_shows_anomalies_with_candidates(cb, assets
     assert [s for s in STAGES if s in stages] == STAGES and stages.index("synthesis") < stages.index("refinement")
     assert all(total >= done for (done, total), _ in rec.calls)
     assert picker["choices"][0] == (f"0 · a — {IPC} anomalies, {IPC} to review", 0) and picker["value"] == 0
-    assert queue == f"1 of {IPC} · {IPC} to review"
+    assert queue.startswith(f"1 of {IPC} · ") and queue.endswith(f" (class order) · {IPC} to review")  # + its state
     assert len(gallery["value"]) == IPC and all(Path(p).is_file() for p, _ in gallery["value"])
     assert len(anomalies) == IPC and aid == anomalies["anomaly"][0]  # tau 0.99: all anomalous
     assert gallery["selected_index"] == 0 and gallery["value"][0][1] == f"#{aid} ⚠"
@@ -422,7 +422,8 @@ def test_the_queue_runs_across_classes_and_undo_moves_the_view(cb, assets):
     assert "(class b): dropped" in undone[0]
     assert cb.undo(state, 1, first_b)[0] == "⚠ nothing to undo"
 
-    assert cb.queue_position(state, queue[1]) == f"2 of {len(queue)} · {len(queue)} to review"  # the drop was undone
+    line = cb.queue_position(state, queue[1])
+    assert line.startswith(f"2 of {len(queue)} · ") and line.endswith(f"· {len(queue)} to review")  # drop undone
     assert cb.queue_position({"run": None}, None) == {"__type__": "update"}
     todo = cb.next_unreviewed(state, 0, queue[0])  # J: the next one nobody reviewed
     assert todo[P["aid"]] == queue[1]

@@ -112,3 +112,56 @@ def test_bulk_accept_is_one_step_never_overwrites_a_person_and_undoes_as_one(run
     assert run.decisions() == before  # every bulk decision back to the automatic pick, the person's kept
     assert run.undo_last().count == 1 and run.decision(person.anomaly_id).source == "auto"
     assert run.check() == []
+
+
+# --- the app's handlers (the same tiny set-up as tests/test_app_callbacks.py) ----------------------
+from test_app_callbacks import P, assets, cb, started  # noqa: E402, F401  (fixtures and helpers)
+
+from curator.store import RunStore  # noqa: E402
+
+
+def test_the_app_steps_the_doubt_queue_and_bulk_accepts_in_one_undoable_step(cb, assets):  # noqa: F811
+    state = started(cb, assets)
+    assert list(cb.run_all(state, 0, None, progress=None))[-1][0].startswith("✔ all 2 classes done")
+    out = cb.set_queue_view(state, 0, None, "doubt", "any", "any", False)
+    state = out[0]
+    assert state["queue"]["order"] == "doubt"
+    store = RunStore.open(state["run"])
+    try:
+        want = [q.anomaly_id for q in review_queue(store, order="doubt")]
+        panel = cb.step_anomaly(state, 0, None, 1)  # N from nothing in view: the top of the doubt queue
+        seen = []
+        for _ in want:
+            seen.append(panel[P["aid"]])
+            assert panel[P["queue"]].startswith(f"{len(seen)} of {len(want)} · ") and "by doubt" in panel[P["queue"]]
+            assert "**Doubt " in panel[P["text"]]
+            panel = cb.step_anomaly(state, panel[P["picker"]]["value"], panel[P["aid"]], 1)
+        assert seen == want
+        # a filter: only label mismatches; N stays inside it
+        state = cb.set_queue_view(state, 0, want[0], "doubt", "label_mismatch", "any", False)[0]
+        mism = [q.anomaly_id for q in review_queue(store, order="doubt", reason="label_mismatch")]
+        if mism:
+            assert cb.step_anomaly(state, 0, None, 1)[P["aid"]] == mism[0]
+        state = cb.set_queue_view(state, 0, want[0], "doubt", "any", "any", False)[0]
+
+        autos = [q for q in review_queue(store, order="doubt") if q.state == "auto"]
+        assert len(autos) >= 2, "the tiny run needs automatic picks to accept"
+        cb.decide(state, autos[0].label, autos[0].anomaly_id, None, "drop")  # a person's decision
+        msg, confirm, cancel, pending = cb.bulk_preview(state, 0, 0.0, 0.0)
+        assert msg.startswith("⚠ Accept ") and confirm["visible"] and cancel["visible"]
+        n = len(pending["ids"])
+        assert n == len(autos) - 1 and f"Accept {n} automatic pick" in msg
+        assert store.decision(autos[1].anomaly_id).source == "auto"  # nothing changed before the confirmation
+        done = cb.bulk_confirm(state, 0, autos[1].anomaly_id, pending)
+        assert f"{n} automatic pick" in done[P["msg"]] and "one step" in done[P["msg"]]
+        assert done[-1] is None and not done[-3]["visible"]  # nothing pending, Confirm hidden
+        assert store.decision(autos[0].anomaly_id).choice == "drop"  # the person's decision stands
+        assert all(store.decision(q.anomaly_id).source == "user" for q in autos[1:])
+        undone = cb.undo(state, 0, autos[1].anomaly_id)
+        assert f"{n} decisions taken back" in undone[P["msg"]]
+        assert all(store.decision(q.anomaly_id).source == "auto" for q in autos[1:])
+        assert store.decision(autos[0].anomaly_id).choice == "drop"
+        assert cb.bulk_preview(state, 0, 1.5, 0.0)[0].startswith("⚠ minimum confidence must be in [0, 1]")
+        assert cb.bulk_confirm(state, 0, None, None)[0].startswith("⚠ nothing to confirm")
+    finally:
+        store.close()

@@ -15,7 +15,16 @@ import pandas as pd
 from curator.config import RunConfig, rule
 from curator.export import COLUMNS as EXPORT_COLUMNS
 from curator.ui import resources, serving, visitors
-from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, Callbacks
+from curator.ui.callbacks import (
+    ANY,
+    CENTRES,
+    DATA_SOURCES,
+    MODEL_SOURCES,
+    QUEUE_ORDER_CHOICES,
+    REASON_CHOICES,
+    STATE_CHOICES,
+    Callbacks,
+)
 from curator.ui.outputs import Panel, RunOutputs
 from curator.ui.plots import COLOR_BY, PLOT_JS
 from curator.ui.resources import AppSettings
@@ -257,6 +266,24 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         undo_btn = gr.Button("Undo (U)", elem_id="undo-btn", min_width=80, **sm)
                         queue_md = gr.Markdown("", elem_id="queue-md")
                     action_msg = _msg("status", scale=3)
+                # the review queue: its order and filters (N / P / J / A follow them), and bulk accept
+                with gr.Row(elem_id="queue-row", equal_height=True):
+                    q_order = gr.Radio(QUEUE_ORDER_CHOICES, value="class", label="Review queue order", scale=3,
+                                       elem_id="queue-order")  # fmt: skip
+                    q_reason = gr.Dropdown(REASON_CHOICES, value=ANY, label="Reason", scale=1, filterable=False,
+                                           elem_id="queue-reason", min_width=130)  # fmt: skip
+                    q_state = gr.Dropdown(STATE_CHOICES, value=ANY, label="Decision state", scale=1, filterable=False,
+                                          elem_id="queue-state", min_width=130)  # fmt: skip
+                    q_class = gr.Checkbox(False, label="this class only", scale=0, min_width=130, elem_id="queue-class")
+                    bulk_conf = gr.Number(0.9, label="Bulk: confidence ≥", scale=0, min_width=120, elem_id="bulk-conf")
+                    bulk_margin = gr.Number(0.02, label="lead over runner-up ≥", scale=0, min_width=130,
+                                            elem_id="bulk-margin")  # fmt: skip
+                    bulk_btn = gr.Button("Bulk accept…", scale=0, min_width=120, size="sm", elem_id="bulk-btn")
+                    bulk_ok = gr.Button("Confirm bulk accept", variant="primary", scale=0, min_width=160, size="sm",
+                                        visible=False, elem_id="bulk-confirm-btn")  # fmt: skip
+                    bulk_no = gr.Button("Cancel", scale=0, min_width=70, size="sm", visible=False,
+                                        elem_id="bulk-cancel-btn")  # fmt: skip
+                bulk_pending = gr.State(None)  # the anomalies a previewed bulk accept would accept
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
                         with gr.Row():
@@ -463,6 +490,15 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 api_name=name,
             )
         undo_btn.click(cb.undo, [state, label, anomaly_id], panel, api_name="undo")
+        q_inputs = [state, label, anomaly_id, q_order, q_reason, q_state, q_class]
+        q_order.input(cb.set_queue_view, q_inputs, [state] + panel, api_name="set_queue_view")
+        for trigger in (q_reason.input, q_state.input, q_class.input):
+            trigger(cb.set_queue_view, q_inputs, [state] + panel, api_visibility="private")
+        bulk_io = [action_msg, bulk_ok, bulk_no, bulk_pending]
+        bulk_btn.click(cb.bulk_preview, [state, label, bulk_conf, bulk_margin], bulk_io, api_name="bulk_preview")
+        bulk_ok.click(cb.bulk_confirm, [state, label, anomaly_id, bulk_pending], panel + bulk_io[1:],
+                      api_name="bulk_confirm")  # fmt: skip
+        bulk_no.click(cb.bulk_cancel, None, bulk_io, api_visibility="private")
 
         ov_inputs = [state, ov_filter, ov_sort, ov_desc]
         ov_btn.click(cb.overview, ov_inputs, [ov_msg, ov_table], api_name="overview")

@@ -9,6 +9,7 @@ pipeline stored when it selected (its centre, ``RunConfig.uniqueness_centre``), 
 from __future__ import annotations
 
 import html
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,14 @@ class AnomalyView:
     state: str  # review.decision_state
     decision: str
     summary_md: str = field(default="")
+
+
+def doubt_line(item: QueueItem) -> str:
+    """The panel's line on how much the anomaly needs a person (``curator.doubt``; read, never re-derived)."""
+    if item.kind == "unresolved":
+        return f"\n\n**Doubt {item.doubt:.2f}** · unresolved: no candidate is predicted as the class"
+    lead = "no other eligible candidate" if math.isnan(item.margin) else f"{item.margin:.3f} ahead of the runner-up"
+    return f"\n\n**Doubt {item.doubt:.2f}** · {item.kind} · pick {lead}, confidence {item.confidence:.3f}"
 
 
 def class_choices(store: RunStore, queue: list[QueueItem] | None = None) -> list[tuple[str, int]]:
