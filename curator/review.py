@@ -282,12 +282,20 @@ class Curated:
     decision: str  # passed | auto | accepted | overridden | kept original
 
 
-def final_set(store: RunStore, label: int) -> list[Curated]:
+def final_set(
+    store: RunStore,
+    label: int,
+    decisions: dict[int, Decision] | None = None,
+    picks: dict[int, int | None] | None = None,
+) -> list[Curated]:
     """The curated images of a class: passed originals, picked candidates, originals kept by a person.
 
-    Unresolved and dropped anomalies are left out.
+    Unresolved and dropped anomalies are left out. ``decisions`` / ``picks``: the run's
+    (``store.decisions()``, ``store.auto_picks()``) when the caller read them already, so a loop
+    over classes reads them once, not once per class.
     """
-    decisions, picks = store.decisions(), store.auto_picks()
+    decisions = store.decisions() if decisions is None else decisions
+    picks = store.auto_picks() if picks is None else picks
     out = []
     for r in store.synthetic(label):
         if not r.is_anomaly:
@@ -309,7 +317,7 @@ def summarize(store: RunStore, labels: list[int] | None = None) -> list[ClassSum
         synth = store.synthetic(label)
         anomalies = [r for r in synth if r.is_anomaly]
         counts = state_counts(decision_state(decisions.get(a.id), picks.get(a.id)) for a in anomalies)
-        final = final_set(store, label)
+        final = final_set(store, label, decisions, picks)
         out.append(
             ClassSummary(
                 label=label,

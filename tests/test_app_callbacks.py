@@ -472,7 +472,8 @@ def test_show_anomaly_rejects_images_that_are_not_anomalies(cb, assets):
 def test_overview_filters_sorts_and_jumps(cb, assets):
     state, panel = ran(cb, assets)
     cb.decide(state, 0, panel[P["aid"]], None, "drop")
-    msg, df = cb.overview(state, "all classes", "dropped", True)
+    msg, df, page = cb.overview(state, "all classes", "dropped", True)
+    assert page == 1 and "page 1 of 1" in msg
     assert list(df["class"]) == ["a", "b", "all classes"] and df["dropped"].iloc[0] == 1 and df["IPC"].iloc[0] == IPC
     assert df["anomalies"].iloc[0] == df["label mismatch"].iloc[0] + df["low confidence"].iloc[0] == IPC
     total = df.iloc[-1]  # the totals row sums the rows shown

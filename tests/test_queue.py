@@ -165,3 +165,18 @@ def test_the_app_steps_the_doubt_queue_and_bulk_accepts_in_one_undoable_step(cb,
         assert cb.bulk_confirm(state, 0, None, None)[0].startswith("⚠ nothing to confirm")
     finally:
         store.close()
+
+
+def test_the_overview_pages_its_rows_and_clamps_the_page():
+    import pandas as pd
+
+    from curator.ui.views import UIError, page_of
+
+    df = pd.DataFrame({"label": range(120)})
+    rows, page, pages = page_of(df, 2, size=50)
+    assert (page, pages) == (2, 3) and list(rows["label"]) == list(range(50, 100))
+    rows, page, _ = page_of(df, 9, size=50)  # past the end: the last page
+    assert page == 3 and list(rows["label"]) == list(range(100, 120))
+    assert page_of(df, 0, size=50)[1] == 1 and page_of(df.iloc[:0], 1)[2] == 1
+    with pytest.raises(UIError, match="page must be a number"):
+        page_of(df, "two")

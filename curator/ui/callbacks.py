@@ -60,6 +60,7 @@ from curator.ui.uploads import extract_image_folder
 from curator.ui.views import (
     CANDIDATE_COLUMNS,
     OVERVIEW_COLUMNS,
+    OVERVIEW_PAGE,
     TOTAL,
     UIError,
     anomaly_view,
@@ -70,6 +71,7 @@ from curator.ui.views import (
     doubt_line,
     metadata_preview,
     overview_frame,
+    page_of,
     run_choices,
     with_totals,
 )
@@ -373,7 +375,7 @@ class Callbacks:
             gallery=gallery,
             anomalies=cv.anomalies,
             anomaly_id=aid,
-            anomaly_text=av.summary_md + (doubt_line(item) if item is not None else ""),
+            anomaly_text=av.summary_md + (doubt_line(item, store.config.tau) if item is not None else ""),
             original=gr.update(value=_served(self.settings, av.original, key), label=f"Flagged #{aid}"),
             prototype=_served(self.settings, av.prototype, key),
             cards=cards_html(av.cards, lambda f: _file_url(_served(self.settings, f, key)), cid),
@@ -1044,11 +1046,17 @@ class Callbacks:
             return (msg, *self.panel(store, lab, aid, message=msg, key=self._key(state), view=self._view(state)))
 
     # --- overview ------------------------------------------------------------------------------
-    @guarded(2)
-    def overview(self, state: dict | None, filter_by: str, sort_by: str, descending: bool) -> tuple:
+    @guarded(3)
+    def overview(self, state: dict | None, filter_by: str, sort_by: str, descending: bool, page=1) -> tuple:
+        """The per-class table, filtered and sorted, one page (``OVERVIEW_PAGE`` classes) at a time.
+        Outputs: message, the page's table with its totals row, the page shown."""
         with self._store(state) as store:
             df = overview_frame(store, filter_by, sort_by, bool(descending))
-            return ok(f"{len(df)} of {len(store.class_names)} classes shown; the last row sums them"), with_totals(df)
+            rows, page, pages = page_of(df, page)
+            first = (page - 1) * OVERVIEW_PAGE
+            shown = f"classes {first + 1}–{first + len(rows)} of {len(df)}" if len(df) else "no class"
+            msg = f"{shown} ({filter_by}; {len(store.class_names)} in the run) · page {page} of {pages}"
+            return ok(msg + " · the last row sums this page"), with_totals(rows), page
 
     @guarded(3)
     def jump_to_class(self, state: dict | None, table, evt: gr.SelectData) -> tuple:
