@@ -126,6 +126,8 @@ INTERLEAVINGS = {
     "decide, regenerate, undo": ("decide", "regenerate", "undo"),
     "regenerate, decide, undo": ("regenerate", "decide", "undo"),
     "decide twice, regenerate, undo twice": ("decide", "decide", "regenerate", "undo", "undo"),
+    # issue 18: a bulk accept is one commit (all or none) and one undo step, and keeps the person's decision
+    "decide, bulk accept, undo": ("decide", "bulk", "undo"),
 }
 
 
@@ -163,9 +165,10 @@ def primed(finished: Path, work: Path, tries: int = 6) -> Path:
 def act(run: Path, actions: Sequence[str]) -> None:
     """Do ``actions`` on the run's first anomaly that has candidates, as a person in the app would:
     ``decide`` keeps a candidate other than the automatic pick (another one each time),
-    ``regenerate`` adds a round of K candidates and rescores, ``undo`` reverts the last decision."""
+    ``regenerate`` adds a round of K candidates and rescores, ``bulk`` accepts every automatic pick
+    no person decided (one transaction, one undo step), ``undo`` reverts the last decision or bulk."""
     from curator.engine import open_run
-    from curator.review import user_decide
+    from curator.review import bulk_accept, bulk_targets, review_queue, user_decide
 
     engine = open_run(str(run))
     try:
@@ -177,6 +180,8 @@ def act(run: Path, actions: Sequence[str]) -> None:
                 user_decide(store, a.id, "candidate", others[i % len(others)])
             elif action == "regenerate":
                 engine.regenerate(a.id)
+            elif action == "bulk":
+                bulk_accept(store, bulk_targets(review_queue(store), 0.0, 0.0))
             elif action == "undo":
                 store.undo_last()
             else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from curator.doubt import doubt, doubt_order, runner_up_margin
 from curator.errors import StoreError
 from curator.store import Decision, ImageRecord, RunStore
 
@@ -68,21 +69,170 @@ def kept_image(
 
 @dataclass(frozen=True)
 class QueueItem:
-    """One anomaly in the review queue (every anomaly of the run, class by class, prototype order)."""
+    """One anomaly in the review queue, with its decision state and its doubt (``curator.doubt``)."""
 
     anomaly_id: int
     label: int
     state: str  # one of DECISION_STATES
+    reason: str = ""  # label_mismatch | low_confidence
+    doubt: float = float("nan")  # in [0, 1], higher = review first
+    close_call: bool = False  # a pick barely ahead of its runner-up or barely above tau
+    margin: float = float("nan")  # the pick's lead over the best other eligible candidate (NaN: none)
+    confidence: float = float("nan")  # the pick's confidence of the label (NaN: no pick)
 
     @property
     def reviewed(self) -> bool:
         return is_reviewed(self.state)
 
+    @property
+    def kind(self) -> str:
+        """What the doubt order groups it under: unresolved, close call, or clear."""
+        if self.doubt >= 1.0:
+            return "unresolved"
+        return "close call" if self.close_call else "clear"
 
-def review_queue(store: RunStore) -> list[QueueItem]:
-    """Every anomaly of the run in review order, with its decision state."""
+
+QUEUE_ORDERS = ("class", "doubt")  # class by class (prototype order), or most doubt first
+REASONS = ("label_mismatch", "low_confidence")
+TO_REVIEW = "to review"  # a state filter: "auto" and "unresolved" (no person decided yet)
+
+
+@dataclass(frozen=True)
+class Doubts:
+    """Per anomaly (arrays aligned with ``ids``, in ``anomaly_rows`` order): doubt, close-call flag,
+    the pick's lead over its runner-up and its confidence."""
+
+    ids: np.ndarray
+    doubt: np.ndarray
+    close: np.ndarray
+    margin: np.ndarray
+    confidence: np.ndarray
+
+
+_DOUBT_CACHE: dict[str, tuple[tuple, Doubts]] = {}
+
+
+def anomaly_doubts(store: RunStore, rows: list[tuple[int, int, str]] | None = None) -> Doubts:
+    """Every anomaly's doubt from its stored candidates and stored automatic pick (``curator.doubt``).
+
+    Two queries; cached per run until the candidates, their scores or the picks change (a decision
+    does not change doubt, so a click reads the cache). The eligible candidates are those the
+    selection saw: consistent and passing ``tau`` if any passes, else consistent.
+    """
+    fingerprint = tuple(store.db.execute(
+        "SELECT (SELECT COUNT(*) FROM images), (SELECT MAX(id) FROM images), "
+        "(SELECT TOTAL(score) FROM images WHERE kind='candidate'), (SELECT COUNT(*) FROM auto_picks), "
+        "(SELECT TOTAL(COALESCE(candidate_id, -1) * anomaly_id) FROM auto_picks)"
+    ).fetchone())  # fmt: skip
+    key = str(store.path.resolve())
+    hit = _DOUBT_CACHE.get(key)
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1]
+    rows = store.anomaly_rows() if rows is None else rows
+    tau = store.config.tau
+    picks = store.auto_picks()
+    by_parent: dict[int, list[tuple]] = {}
+    for cid, parent, conf, pred, score in store.candidate_scores():
+        by_parent.setdefault(int(parent), []).append((int(cid), conf, pred, score))
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    unresolved = np.zeros(len(rows), bool)
+    margin = np.full(len(rows), np.nan)
+    confidence = np.full(len(rows), np.nan)
+    for i, (aid, label, _reason) in enumerate(rows):
+        pick, cands = picks.get(aid), by_parent.get(aid, [])
+        cid = [c[0] for c in cands]
+        if pick is None or pick not in cid:
+            unresolved[i] = True
+            continue
+        conf = np.array([c[1] for c in cands], dtype=np.float64)
+        pred = np.array([c[2] for c in cands])
+        score = np.array([np.nan if c[3] is None else c[3] for c in cands], dtype=np.float64)
+        passing = (pred == label) & (conf >= tau)
+        eligible = passing if passing.any() else pred == label
+        k = cid.index(pick)
+        margin[i] = runner_up_margin(score, eligible, k)
+        confidence[i] = conf[k]
+    d, close = doubt(unresolved, margin, confidence, tau)
+    out = Doubts(ids, d, close, margin, confidence)
+    _DOUBT_CACHE[key] = (fingerprint, out)
+    return out
+
+
+def review_queue(
+    store: RunStore,
+    order: str = "class",
+    reason: str | None = None,
+    state: str | None = None,
+    label: int | None = None,
+) -> list[QueueItem]:
+    """The anomalies of the run in review order, with their decision state and doubt, filtered.
+
+    ``order``: "class" (class by class, prototype order) or "doubt" (``doubt_order``: unresolved,
+    then close calls, then the rest; ties in class order). Filters (None = all): ``reason`` one of
+    ``REASONS``; ``state`` one of ``DECISION_STATES`` or ``TO_REVIEW``; ``label`` a class. A few
+    whole-run queries (no per-class work), so it can run on every click.
+    """
+    if order not in QUEUE_ORDERS:
+        raise ValueError(f"unknown queue order {order!r}; use one of {QUEUE_ORDERS}")
+    if reason is not None and reason not in REASONS:
+        raise ValueError(f"unknown reason {reason!r}; use one of {REASONS}")
+    if state is not None and state not in (*DECISION_STATES, TO_REVIEW):
+        raise ValueError(f"unknown decision state {state!r}; use one of {(*DECISION_STATES, TO_REVIEW)}")
+    if label is not None and not isinstance(label, int):
+        raise ValueError(f"label must be a class number, got {label!r}")
+    rows = store.anomaly_rows()
     decisions, picks = store.decisions(), store.auto_picks()
-    return [QueueItem(i, lab, decision_state(decisions.get(i), picks.get(i))) for i, lab in store.anomaly_labels()]
+    dz = anomaly_doubts(store, rows)
+    items = [
+        QueueItem(aid, lab, decision_state(decisions.get(aid), picks.get(aid)), why, float(dz.doubt[i]),
+                  bool(dz.close[i]), float(dz.margin[i]), float(dz.confidence[i]))
+        for i, (aid, lab, why) in enumerate(rows)
+    ]  # fmt: skip
+    if order == "doubt":
+        items = [items[i] for i in doubt_order(dz.doubt)]
+    return filter_queue(items, reason, state, label)
+
+
+def filter_queue(
+    items: Iterable[QueueItem], reason: str | None = None, state: str | None = None, label: int | None = None
+) -> list[QueueItem]:
+    """The items that match every filter given (None = any), order kept; see ``review_queue``."""
+    return [
+        q for q in items
+        if (reason is None or q.reason == reason)
+        and (label is None or q.label == label)
+        and (state is None or (not q.reviewed if state == TO_REVIEW else q.state == state))
+    ]  # fmt: skip
+
+
+def bulk_targets(queue: Iterable[QueueItem], min_confidence: float, min_margin: float) -> list[QueueItem]:
+    """The items a bulk accept would decide: automatic picks no person decided (state "auto") whose
+    confidence is >= ``min_confidence`` and whose lead over the runner-up is >= ``min_margin``
+    (score units; a pick with no eligible runner-up has nothing close and counts as passing)."""
+    return [
+        q for q in queue
+        if q.state == "auto" and q.confidence >= min_confidence
+        and (np.isnan(q.margin) or q.margin >= min_margin)
+    ]  # fmt: skip
+
+
+def bulk_accept(store: RunStore, items: Iterable[QueueItem]) -> int:
+    """Accept the automatic pick of each item as a person's decision, in ONE transaction logged as
+    one batch (``store.undo_last`` takes it all back). An anomaly whose stored decision is not the
+    automatic pick's "auto" any more (a person decided since) is left as it is. Returns how many
+    were accepted."""
+    n = 0
+    with store.transaction():
+        batch = store.new_batch()
+        picks = store.auto_picks()
+        decisions = store.decisions()
+        for q in items:
+            pick = picks.get(q.anomaly_id)
+            if pick is None or decision_state(decisions.get(q.anomaly_id), pick) != "auto":
+                continue  # never overwrite a person's decision (nor accept a pick that is gone)
+            store.decide(Decision(q.anomaly_id, "candidate", pick, "user"), batch=batch)
+            n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -132,12 +282,20 @@ class Curated:
     decision: str  # passed | auto | accepted | overridden | kept original
 
 
-def final_set(store: RunStore, label: int) -> list[Curated]:
+def final_set(
+    store: RunStore,
+    label: int,
+    decisions: dict[int, Decision] | None = None,
+    picks: dict[int, int | None] | None = None,
+) -> list[Curated]:
     """The curated images of a class: passed originals, picked candidates, originals kept by a person.
 
-    Unresolved and dropped anomalies are left out.
+    Unresolved and dropped anomalies are left out. ``decisions`` / ``picks``: the run's
+    (``store.decisions()``, ``store.auto_picks()``) when the caller read them already, so a loop
+    over classes reads them once, not once per class.
     """
-    decisions, picks = store.decisions(), store.auto_picks()
+    decisions = store.decisions() if decisions is None else decisions
+    picks = store.auto_picks() if picks is None else picks
     out = []
     for r in store.synthetic(label):
         if not r.is_anomaly:
@@ -159,7 +317,7 @@ def summarize(store: RunStore, labels: list[int] | None = None) -> list[ClassSum
         synth = store.synthetic(label)
         anomalies = [r for r in synth if r.is_anomaly]
         counts = state_counts(decision_state(decisions.get(a.id), picks.get(a.id)) for a in anomalies)
-        final = final_set(store, label)
+        final = final_set(store, label, decisions, picks)
         out.append(
             ClassSummary(
                 label=label,

@@ -171,12 +171,15 @@ class NewImage:
 @dataclass(frozen=True)
 class Undone:
     """What ``undo_last`` reverted: the anomaly, the decision now in force (None = none) and the
-    decision that was undone (``was``; None for logs written before it was kept)."""
+    decision that was undone (``was``; None for logs written before it was kept). A bulk action
+    is undone as one step: ``count`` is how many decisions it took back (the fields above describe
+    the first anomaly of the batch)."""
 
     anomaly_id: int
     label: int
     now: Decision | None
     was: Decision | None = None
+    count: int = 1
 
 
 _IMAGE_COLUMNS = (
@@ -279,6 +282,9 @@ class RunStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
+            if "batch" not in {r[1] for r in self.db.execute("PRAGMA table_info(decision_log)")}:
+                # bulk actions (issue 18): the log rows one action wrote share a batch id, undone as one
+                self.db.execute("ALTER TABLE decision_log ADD COLUMN batch INTEGER")
         except sqlite3.IntegrityError as exc:
             self.db.close()
             raise StoreError(
@@ -524,6 +530,19 @@ class RunStore:
              "WHERE i.kind='synthetic' AND i.reason IS NOT NULL ORDER BY i.label, p.idx, i.position")  # fmt: skip
         return [(int(i), int(lab)) for i, lab in self.db.execute(q)]
 
+    def candidate_scores(self) -> list[tuple[int, int, float, int, float | None]]:
+        """(candidate id, anomaly id, confidence, predicted class, selection score) of every
+        candidate, one query and no features or files (the review queue's doubt is computed from it)."""
+        q = ("SELECT id, parent_id, confidence, predicted, score FROM images "
+             "WHERE kind='candidate' ORDER BY parent_id, id")  # fmt: skip
+        return self.db.execute(q).fetchall()
+
+    def anomaly_rows(self) -> list[tuple[int, int, str]]:
+        """(id, label, reason) of every anomaly in ``anomalies()`` order, one query (the queue's rows)."""
+        q = ("SELECT i.id, i.label, i.reason FROM images i JOIN prototypes p ON p.id = i.prototype_id "
+             "WHERE i.kind='synthetic' AND i.reason IS NOT NULL ORDER BY i.label, p.idx, i.position")  # fmt: skip
+        return [(int(i), int(lab), r) for i, lab, r in self.db.execute(q)]
+
     def candidates(self, anomaly_id: int) -> list[ImageRecord]:
         return self._images("i.parent_id=?", (anomaly_id,), order="i.round, i.position")
 
@@ -584,8 +603,11 @@ class RunStore:
         rows = self.db.execute("SELECT anomaly_id, choice, candidate_id, source FROM decisions")
         return {r[0]: Decision(*r) for r in rows}
 
-    def decide(self, decision: Decision, log: bool = True) -> None:
-        """Write a decision now (committed before returning) and append it to the undo log."""
+    def decide(self, decision: Decision, log: bool = True, batch: int | None = None) -> None:
+        """Write a decision now (committed before returning) and append it to the undo log.
+
+        ``batch``: the id of a bulk action this decision belongs to (``new_batch``); its log rows
+        are undone together. Call it inside the bulk's own transaction so the batch is all or none."""
         with self.transaction():
             before = self.decision(decision.anomaly_id)
             self.db.execute(
@@ -596,9 +618,13 @@ class RunStore:
             )
             if log:
                 self.db.execute(
-                    "INSERT INTO decision_log(anomaly_id, before, after, at) VALUES (?,?,?,?)",
-                    (decision.anomaly_id, before.as_json() if before else None, decision.as_json(), time.time()),
+                    "INSERT INTO decision_log(anomaly_id, before, after, at, batch) VALUES (?,?,?,?,?)",
+                    (decision.anomaly_id, before.as_json() if before else None, decision.as_json(), time.time(), batch),
                 )
+
+    def new_batch(self) -> int:
+        """A fresh bulk-action id for ``decide(batch=...)`` (one more than any logged)."""
+        return int(self.db.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM decision_log").fetchone()[0])
 
     def automatic_decision(self, anomaly_id: int) -> Decision | None:
         """The pipeline's decision as its stored pick (``auto_picks``) now stands; None before the
@@ -607,30 +633,35 @@ class RunStore:
         return None if row is None else Decision.automatic(anomaly_id, row[0])
 
     def undo_last(self) -> Undone | None:
-        """Revert the most recent logged decision; None when the log is empty.
+        """Revert the most recent logged decision, or the whole most recent bulk action (its log
+        rows share a batch id), in one transaction; None when the log is empty.
 
         A person's earlier decision comes back as it was logged. An undo that returns the anomaly
         to the pipeline (the logged "before" was automatic, or there was none) restores the
         automatic pick as it stands now: a regenerate since the decision may have changed it.
         """
         with self.transaction():
-            row = self.db.execute(
-                "SELECT l.id, l.anomaly_id, l.before, l.after, i.label FROM decision_log l "
-                "JOIN images i ON i.id = l.anomaly_id ORDER BY l.id DESC LIMIT 1"
-            ).fetchone()
-            if row is None:
+            last = self.db.execute("SELECT id, batch FROM decision_log ORDER BY id DESC LIMIT 1").fetchone()
+            if last is None:
                 return None
-            log_id, anomaly_id, before, after, label = row
-            was = Decision(anomaly_id, **json.loads(after)) if after else None
-            self.db.execute("DELETE FROM decision_log WHERE id=?", (log_id,))
-            d = Decision(anomaly_id, **json.loads(before)) if before else None
-            if d is None or d.source == "auto":
-                d = self.automatic_decision(anomaly_id) or d  # runs without stored picks: the logged one
-            if d is None:
-                self.db.execute("DELETE FROM decisions WHERE anomaly_id=?", (anomaly_id,))
-            else:
-                self.decide(d, log=False)
-            return Undone(anomaly_id, label, d, was)
+            where, args = ("l.batch=?", (last[1],)) if last[1] is not None else ("l.id=?", (last[0],))
+            rows = self.db.execute(
+                "SELECT l.id, l.anomaly_id, l.before, l.after, i.label FROM decision_log l "
+                f"JOIN images i ON i.id = l.anomaly_id WHERE {where} ORDER BY l.id DESC", args
+            ).fetchall()  # fmt: skip
+            undone = None
+            for log_id, anomaly_id, before, after, label in rows:  # newest first: the first state comes back last
+                was = Decision(anomaly_id, **json.loads(after)) if after else None
+                self.db.execute("DELETE FROM decision_log WHERE id=?", (log_id,))
+                d = Decision(anomaly_id, **json.loads(before)) if before else None
+                if d is None or d.source == "auto":
+                    d = self.automatic_decision(anomaly_id) or d  # runs without stored picks: the logged one
+                if d is None:
+                    self.db.execute("DELETE FROM decisions WHERE anomaly_id=?", (anomaly_id,))
+                else:
+                    self.decide(d, log=False)
+                undone = Undone(anomaly_id, label, d, was, len(rows))
+            return undone
 
     # --- real features (feature centre, UMAP) --------------------------------------------------
     def set_real_features(

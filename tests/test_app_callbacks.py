@@ -220,7 +220,7 @@ def test_run_class_reports_stages_and_shows_anomalies_with_candidates(cb, assets
     assert [s for s in STAGES if s in stages] == STAGES and stages.index("synthesis") < stages.index("refinement")
     assert all(total >= done for (done, total), _ in rec.calls)
     assert picker["choices"][0] == (f"0 · a — {IPC} anomalies, {IPC} to review", 0) and picker["value"] == 0
-    assert queue == f"1 of {IPC} · {IPC} to review"
+    assert queue.startswith(f"1 of {IPC} · ") and queue.endswith(f" (class order) · {IPC} to review")  # + its state
     assert len(gallery["value"]) == IPC and all(Path(p).is_file() for p, _ in gallery["value"])
     assert len(anomalies) == IPC and aid == anomalies["anomaly"][0]  # tau 0.99: all anomalous
     assert gallery["selected_index"] == 0 and gallery["value"][0][1] == f"#{aid} ⚠"
@@ -422,7 +422,8 @@ def test_the_queue_runs_across_classes_and_undo_moves_the_view(cb, assets):
     assert "(class b): dropped" in undone[0]
     assert cb.undo(state, 1, first_b)[0] == "⚠ nothing to undo"
 
-    assert cb.queue_position(state, queue[1]) == f"2 of {len(queue)} · {len(queue)} to review"  # the drop was undone
+    line = cb.queue_position(state, queue[1])
+    assert line.startswith(f"2 of {len(queue)} · ") and line.endswith(f"· {len(queue)} to review")  # drop undone
     assert cb.queue_position({"run": None}, None) == {"__type__": "update"}
     todo = cb.next_unreviewed(state, 0, queue[0])  # J: the next one nobody reviewed
     assert todo[P["aid"]] == queue[1]
@@ -471,7 +472,8 @@ def test_show_anomaly_rejects_images_that_are_not_anomalies(cb, assets):
 def test_overview_filters_sorts_and_jumps(cb, assets):
     state, panel = ran(cb, assets)
     cb.decide(state, 0, panel[P["aid"]], None, "drop")
-    msg, df = cb.overview(state, "all classes", "dropped", True)
+    msg, df, page = cb.overview(state, "all classes", "dropped", True)
+    assert page == 1 and "page 1 of 1" in msg
     assert list(df["class"]) == ["a", "b", "all classes"] and df["dropped"].iloc[0] == 1 and df["IPC"].iloc[0] == IPC
     assert df["anomalies"].iloc[0] == df["label mismatch"].iloc[0] + df["low confidence"].iloc[0] == IPC
     total = df.iloc[-1]  # the totals row sums the rows shown

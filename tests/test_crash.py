@@ -84,6 +84,41 @@ def test_a_persons_actions_killed_after_every_commit_end_on_the_pick_as_it_stand
     assert kills >= len(INTERLEAVINGS[name]) // step  # at least one commit per action
 
 
+BULK_KILLED_BEFORE_COMMIT = """
+import os, signal, sys
+from curator.review import bulk_accept, bulk_targets, review_queue
+from curator.store import RunStore
+store = RunStore.open(sys.argv[1])
+with store.transaction():  # the bulk joins this transaction: every row is written, none committed
+    print(bulk_accept(store, bulk_targets(review_queue(store), 0.0, 0.0)), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_bulk_accept_killed_midway_leaves_none_of_it_and_then_runs_whole(small, reference, tmp_path):
+    """A kill inside the bulk's transaction (after its last row, before its commit) keeps none of it;
+    the kills after each commit are in ``INTERLEAVINGS`` ("decide, bulk accept, undo")."""
+    from benchmarks.crash import run_python
+    from curator.review import bulk_accept, bulk_targets, review_queue
+
+    root, _ = small
+    run = tmp_path / RUN_ID
+    shutil.copytree(root / "ref" / RUN_ID, run)
+    proc = run_python(["-c", BULK_KILLED_BEFORE_COMMIT, str(run)])
+    assert proc.returncode == -9, proc.stderr
+    written = int(proc.stdout.split()[0])
+    assert written > 1  # the sweep needs a batch of several decisions to see a partial one
+    store = RunStore.open(run)
+    try:
+        assert all(d.source == "auto" for d in store.decisions().values())
+        assert store.undo_last() is None and store.check() == []
+        assert bulk_accept(store, bulk_targets(review_queue(store), 0.0, 0.0)) == written
+        assert store.undo_last().count == written
+        assert all(d.source == "auto" for d in store.decisions().values()) and store.check() == []
+    finally:
+        store.close()
+
+
 def test_partly_saved_real_features_are_recomputed_not_used(tmp_path, mnist, tiny_generator, tiny_detector):
     """A run killed while real-image features were being saved (old stores: one row set per class)
     must centre on every class's features after the resume, not on the classes that were saved."""

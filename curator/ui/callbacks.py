@@ -37,7 +37,20 @@ from curator.export import COLUMNS as EXPORT_COLUMNS
 from curator.export import export_run, unfinished_classes
 from curator.models.backends import backend_defaults
 from curator.models.loading import resolve_config
-from curator.review import decision_state, is_reviewed, review_queue, user_decide
+from curator.review import DECISION_STATES as _STATES
+from curator.review import (
+    QUEUE_ORDERS,
+    REASONS,
+    TO_REVIEW,
+    QueueItem,
+    bulk_accept,
+    bulk_targets,
+    decision_state,
+    filter_queue,
+    is_reviewed,
+    review_queue,
+    user_decide,
+)
 from curator.store import RunStore
 from curator.ui import jobs, resources, serving, visitors
 from curator.ui.outputs import PANEL_SIZE, RUN_SIZE, Panel, RunOutputs
@@ -47,6 +60,7 @@ from curator.ui.uploads import extract_image_folder
 from curator.ui.views import (
     CANDIDATE_COLUMNS,
     OVERVIEW_COLUMNS,
+    OVERVIEW_PAGE,
     TOTAL,
     UIError,
     anomaly_view,
@@ -54,8 +68,10 @@ from curator.ui.views import (
     class_choices,
     class_view,
     decision_text,
+    doubt_line,
     metadata_preview,
     overview_frame,
+    page_of,
     run_choices,
     with_totals,
 )
@@ -187,6 +203,13 @@ def _served(settings: AppSettings, path, key: str):
 _file_url = serving.file_url
 
 
+QUEUE_VIEW = {"order": "class", "reason": None, "state": None, "this_class": False}
+ANY = "any"
+QUEUE_ORDER_CHOICES = [("class by class", "class"), ("by doubt (unresolved, close calls, the rest)", "doubt")]
+REASON_CHOICES = [ANY, *REASONS]
+STATE_CHOICES = [ANY, TO_REVIEW, *_STATES]
+
+
 class Callbacks:
     """All handlers, bound to the app's settings (where runs live)."""
 
@@ -232,6 +255,22 @@ class Callbacks:
             raise UIError(f"class {lab} is not in this run (it has {len(store.class_names)} classes)")
         return lab
 
+    # --- the review queue as this session views it (order and filters kept in the session state) --
+    @staticmethod
+    def _view(state: dict | None) -> dict:
+        """{"order", "reason", "state", "this_class"} of the session's review queue (class order, no filter)."""
+        return {**QUEUE_VIEW, **((state or {}).get("queue") or {})}
+
+    @staticmethod
+    def _queue(store: RunStore, view: dict | None, label: int | None, everything: list | None = None) -> list:
+        """The session's queue: the run's anomalies in its order, filtered (``review.review_queue``).
+        ``everything``: the unfiltered queue in that order, when the caller has it already."""
+        v = {**QUEUE_VIEW, **(view or {})}
+        lab = label if v["this_class"] else None
+        if everything is not None:
+            return filter_queue(everything, v["reason"], v["state"], lab)
+        return review_queue(store, v["order"], v["reason"], v["state"], lab)
+
     def _run_info(self, store: RunStore) -> str:
         """The header: which run is open and with what parameters (model and data by name, no server paths)."""
         cfg = store.config
@@ -243,14 +282,15 @@ class Callbacks:
             f"{Path(cfg.generator).name}"
         )
 
-    def _run_outputs(self, store: RunStore, message: str, key: str = "local") -> RunOutputs:
+    def _run_outputs(self, store: RunStore, message: str, key: str = "local", queue: dict | None = None) -> RunOutputs:
         """A run opened (Start, Reopen, reload): it becomes the session's and the browser's run, the
-        runs list is refreshed, and every message and view of the previous run is cleared."""
+        runs list is refreshed, and every message and view of the previous run is cleared. ``queue``:
+        the session's queue order and filters, kept (the controls still show them)."""
         path, shown = str(store.path), self._shown(store.path)
         choices = class_choices(store)
         return RunOutputs(
             message=message,
-            state={"run": path, "key": key},
+            state={"run": path, "key": key, **({"queue": queue} if queue else {})},
             saved_run=shown,
             runs=gr.update(choices=self._runs_of(key), value=shown),
             picker=gr.update(choices=choices, value=choices[0][1] if choices else None),
@@ -267,9 +307,11 @@ class Callbacks:
             overview=pd.DataFrame(columns=OVERVIEW_COLUMNS),
         )
 
-    def _first_open(self, store: RunStore, label: int | None = None) -> tuple[int | None, int | None]:
+    def _first_open(
+        self, store: RunStore, label: int | None = None, view: dict | None = None
+    ) -> tuple[int | None, int | None]:
         """(label, anomaly) of the first anomaly still to review: in ``label`` if it has one, else in the run."""
-        queue = review_queue(store)
+        queue = review_queue(store, {**QUEUE_VIEW, **(view or {})}["order"])
         todo = [q for q in queue if not q.reviewed]
         for items in ([q for q in todo if q.label == label], todo):
             if items:
@@ -277,12 +319,17 @@ class Callbacks:
         return label, None
 
     def panel(
-        self, store: RunStore, label: int, anomaly_id=None, candidate_id=None, message: str = "", key: str = "local"
-    ) -> tuple:
+        self, store: RunStore, label: int, anomaly_id=None, candidate_id=None, message: str = "", key: str = "local",
+        view: dict | None = None,
+    ) -> tuple:  # fmt: skip
         """The Curate tab's outputs: class picker, queue position, the class's synthetic set and
-        anomaly table, then one anomaly beside its candidate cards."""
+        anomaly table, then one anomaly beside its candidate cards. ``view``: the session's queue
+        order and filters (``_view``), for the position line."""
         cv = class_view(store, label)
-        queue = review_queue(store)  # once per panel: the picker, the default anomaly and the queue line
+        v = {**QUEUE_VIEW, **(view or {})}
+        everything = review_queue(store, v["order"])  # once per panel: picker, default anomaly, queue line
+        shown = self._queue(store, v, label, everything)
+        queue = everything
         aid = int(anomaly_id) if anomaly_id not in (None, "") else None
         if aid not in cv.anomaly_ids:
             todo = (q.anomaly_id for q in queue if q.label == label and not q.reviewed)
@@ -316,36 +363,47 @@ class Callbacks:
                 candidate_table=pd.DataFrame(columns=CANDIDATE_COLUMNS),
                 candidate_id=None,
                 picker=picker,
-                queue=self._queue_text(queue, None),
+                queue=self._queue_text(shown, None, v, queue),
             )
         av = anomaly_view(store, aid)
         cid = int(candidate_id) if candidate_id not in (None, "") else None
         if cid not in av.candidate_ids:
             cid = av.chosen_id or av.pick_id
+        item = next((q for q in queue if q.anomaly_id == aid), None)
         return Panel(
             message=message,
             gallery=gallery,
             anomalies=cv.anomalies,
             anomaly_id=aid,
-            anomaly_text=av.summary_md,
+            anomaly_text=av.summary_md + (doubt_line(item, store.config.tau) if item is not None else ""),
             original=gr.update(value=_served(self.settings, av.original, key), label=f"Flagged #{aid}"),
             prototype=_served(self.settings, av.prototype, key),
             cards=cards_html(av.cards, lambda f: _file_url(_served(self.settings, f, key)), cid),
             candidate_table=av.table,
             candidate_id=cid,
             picker=picker,
-            queue=self._queue_text(queue, aid),
+            queue=self._queue_text(shown, aid, v, queue),
         )
 
     @staticmethod
-    def _queue_text(queue: list, aid: int | None) -> str:
-        """The action bar's line: where ``aid`` stands in the run's review queue, and how many remain."""
-        if not queue:
+    def _queue_text(shown: list, aid: int | None, view: dict | None = None, everything: list | None = None) -> str:
+        """The action bar's line: where ``aid`` stands in the session's (filtered) queue, that
+        anomaly's state, the filter, and how many of the run remain to review."""
+        everything = shown if everything is None else everything
+        if not everything:
             return "No anomaly to review yet."
-        todo = sum(not q.reviewed for q in queue)
-        ids = [q.anomaly_id for q in queue]
-        where = f"{ids.index(aid) + 1} of {len(ids)}" if aid in ids else f"{len(ids)} anomalies"
-        return f"{where} · {todo} to review"
+        v = {**QUEUE_VIEW, **(view or {})}
+        todo = sum(not q.reviewed for q in everything)
+        ids = [q.anomaly_id for q in shown]
+        filters = [f for f in (v["reason"], v["state"], "this class" if v["this_class"] else None) if f]
+        scope = ("by doubt" if v["order"] == "doubt" else "class order") + (
+            f", {' · '.join(filters)}" if filters else ""
+        )
+        if aid in ids:
+            where = f"{ids.index(aid) + 1} of {len(ids)} · {shown[ids.index(aid)].state}"
+        else:
+            where = f"not in this queue ({len(ids)} match)" if aid is not None else f"{len(ids)} in this queue"
+        return f"{where} ({scope}) · {todo} to review"
 
     # --- set-up --------------------------------------------------------------------------------
     def data_sources(self) -> list[str]:
@@ -504,7 +562,7 @@ class Callbacks:
                 f"run {pipe.store.run_id} created: {data.num_classes} classes, {len(data.train)} training images"
                 f"{skipped}. Go to “Curate” and run a class."
             )
-            return self._run_outputs(pipe.store, msg, key)
+            return self._run_outputs(pipe.store, msg, key, (state or {}).get("queue"))
         finally:
             pipe.store.close()
 
@@ -526,7 +584,7 @@ class Callbacks:
             raise UIError(f"run {name} not found")
         store = RunStore.open(path)
         try:
-            return self._run_outputs(store, ok(f"reopened run {store.run_id}"), key)
+            return self._run_outputs(store, ok(f"reopened run {store.run_id}"), key, (state or {}).get("queue"))
         finally:
             store.close()
 
@@ -583,10 +641,10 @@ class Callbacks:
                 except (*USER_ERRORS, ValueError):
                     row = None
                 if row is not None and row.is_anomaly:
-                    return self.panel(store, row.label, row.id, key=self._key(state))
+                    return self.panel(store, row.label, row.id, key=self._key(state), view=self._view(state))
             lab = place.get("label")
             if isinstance(lab, int) and 0 <= lab < len(store.class_names):
-                return self.panel(store, lab, key=self._key(state))
+                return self.panel(store, lab, key=self._key(state), view=self._view(state))
         return self.open_first(state, label)
 
     def place_tab(self, state: dict | None, place: dict | None = None):
@@ -615,7 +673,7 @@ class Callbacks:
             f"{s.auto} picked automatically, {s.unresolved} unresolved"
         )
         with self._store(state) as store:
-            return (msg, *self.panel(store, lab, message=msg, key=self._key(state)))
+            return (msg, *self.panel(store, lab, message=msg, key=self._key(state), view=self._view(state)))
 
     @guarded(PANEL_SIZE + 1)
     def run_all(self, state: dict | None, label, anomaly_id=None, progress=gr.Progress()):
@@ -643,7 +701,7 @@ class Callbacks:
                 first_label, first = self._first_open(store)
                 if not opened and first is not None:
                     opened = True
-                    yield (msg, *self.panel(store, first_label, first, key=self._key(state)))
+                    yield (msg, *self.panel(store, first_label, first, key=self._key(state), view=self._view(state)))
                 else:
                     yield (msg, *picker_only(store))
         with self._store(state) as store:
@@ -654,7 +712,16 @@ class Callbacks:
                 yield (msg, *picker_only(store, queue))
                 return
             first_label, first = self._first_open(store, self._label(store, label) if label not in (None, "") else 0)
-            yield (msg, *self.panel(store, first_label if first_label is not None else 0, first, key=self._key(state)))
+            yield (
+                msg,
+                *self.panel(
+                    store,
+                    first_label if first_label is not None else 0,
+                    first,
+                    key=self._key(state),
+                    view=self._view(state),
+                ),
+            )
 
     def queue_position(self, state: dict | None, anomaly_id=None) -> str:
         """The review queue's line for the anomaly in view (after a run, when the queue has grown)."""
@@ -674,7 +741,9 @@ class Callbacks:
     @guarded(PANEL_SIZE)
     def show_class(self, state: dict | None, label, anomaly_id=None, candidate_id=None) -> tuple:
         with self._store(state) as store:
-            return self.panel(store, self._label(store, label), anomaly_id, candidate_id, key=self._key(state))
+            return self.panel(
+                store, self._label(store, label), anomaly_id, candidate_id, key=self._key(state), view=self._view(state)
+            )
 
     @guarded(PANEL_SIZE)
     def open_first(self, state: dict | None, label=None) -> tuple:
@@ -685,7 +754,13 @@ class Callbacks:
         with self._store(state) as store:
             lab = self._label(store, label) if label not in (None, "") else 0
             first_label, first = self._first_open(store, lab)
-            return self.panel(store, first_label if first_label is not None else lab, first, key=self._key(state))
+            return self.panel(
+                store,
+                first_label if first_label is not None else lab,
+                first,
+                key=self._key(state),
+                view=self._view(state),
+            )
 
     @guarded(PANEL_SIZE)
     def show_anomaly(self, state: dict | None, label, anomaly_id) -> tuple:
@@ -696,7 +771,7 @@ class Callbacks:
             if not row.is_anomaly:
                 what = "passed inspection" if row.kind == "synthetic" else "is a candidate"
                 raise UIError(f"image #{aid} is not an anomaly (it {what})")
-            return self.panel(store, row.label, aid, key=self._key(state))
+            return self.panel(store, row.label, aid, key=self._key(state), view=self._view(state))
 
     @guarded(PANEL_SIZE)
     def open_from_map(self, state: dict | None, label, clicked) -> tuple:
@@ -710,7 +785,7 @@ class Callbacks:
             lab = store.image(_int(aid, "anomaly id")).label
             c = _int(cid, "candidate id")
             return self.panel(store, lab, out.anomaly_id, c, message=ok(f"candidate #{c} selected (from the map)"),
-                              key=self._key(state))  # fmt: skip
+                              key=self._key(state), view=self._view(state))  # fmt: skip
 
     @guarded(PANEL_SIZE)
     def select_class_image(self, state: dict | None, label, evt: gr.SelectData) -> tuple:
@@ -720,7 +795,7 @@ class Callbacks:
             r = rows[evt.index if isinstance(evt.index, int) else evt.index[0]]
             if not r.is_anomaly:
                 return Panel.skip(message=ok(f"image #{r.id} passed inspection (confidence {r.confidence:.4f})"))
-            return self.panel(store, lab, r.id, key=self._key(state))
+            return self.panel(store, lab, r.id, key=self._key(state), view=self._view(state))
 
     @guarded(PANEL_SIZE)
     def select_anomaly_row(self, state: dict | None, label, table, evt: gr.SelectData) -> tuple:
@@ -733,43 +808,126 @@ class Callbacks:
                 aid = ids[int(evt.index[0] if isinstance(evt.index, list | tuple) else evt.index)]
             if aid not in ids:
                 raise UIError(f"#{aid} is not an anomaly of this class")
-            return self.panel(store, lab, aid, key=self._key(state))
+            return self.panel(store, lab, aid, key=self._key(state), view=self._view(state))
 
     @guarded(PANEL_SIZE)
     def step_anomaly(self, state: dict | None, label, anomaly_id, delta: int) -> tuple:
-        """Next (``delta`` = 1) or previous (-1) anomaly in the run's review queue (every anomaly,
-        class by class), wrapping around; the view follows it into its class."""
+        """Next (``delta`` = 1) or previous (-1) anomaly in the session's review queue (its order and
+        filters; class by class by default), wrapping around; the view follows it into its class."""
         with self._store(state) as store:
-            queue = review_queue(store)
+            lab = self._label(store, label) if label not in (None, "") else None
+            view = self._view(state)
+            queue = self._queue(store, view, lab)
             if not queue:
+                if review_queue(store):
+                    raise UIError("no anomaly matches this queue's filters: set them to “any”")
                 raise UIError("this run has no anomaly yet: run a class first")
             ids = [q.anomaly_id for q in queue]
             aid = int(anomaly_id) if anomaly_id not in (None, "") else None
             if aid in ids:
                 i = (ids.index(aid) + delta) % len(ids)
-            else:  # nothing shown: start from the class in view
-                lab = self._label(store, label) if label not in (None, "") else 0
-                in_class = [j for j, q in enumerate(queue) if q.label >= lab]
+            elif view["order"] == "class":  # nothing of the queue shown: start from the class in view
+                in_class = [j for j, q in enumerate(queue) if q.label >= (lab or 0)]
                 i = in_class[0] if in_class and delta > 0 else (in_class[0] - 1 if in_class else len(ids) - 1)
+            else:  # by doubt: from the top (N) or the bottom (P)
+                i = 0 if delta > 0 else len(ids) - 1
             q = queue[i % len(ids)]
-            return self.panel(store, q.label, q.anomaly_id, key=self._key(state))
+            return self.panel(store, q.label, q.anomaly_id, key=self._key(state), view=view)
 
     @guarded(PANEL_SIZE)
     def next_unreviewed(self, state: dict | None, label, anomaly_id) -> tuple:
-        """The next anomaly no person has reviewed yet, after the one shown, across every class."""
+        """The next anomaly no person has reviewed yet, after the one shown, in the session's queue."""
         with self._store(state) as store:
             aid = int(anomaly_id) if anomaly_id not in (None, "") else None
-            nxt = self._next_todo(store, aid)
+            nxt = self._next_todo(store, aid, self._view(state), label)
             if nxt is None:
-                raise UIError("every anomaly of this run has been reviewed: export it, or step with N / P")
-            return self.panel(store, nxt.label, nxt.anomaly_id, key=self._key(state))
+                raise UIError("every anomaly in this queue has been reviewed: export it, change the filters, or step "
+                              "with N / P")  # fmt: skip
+            return self.panel(store, nxt.label, nxt.anomaly_id, key=self._key(state), view=self._view(state))
 
-    @staticmethod
-    def _next_todo(store: RunStore, after: int | None):
-        queue = review_queue(store)
+    def _next_todo(self, store: RunStore, after: int | None, view: dict | None = None, label=None):
+        lab = int(label) if label not in (None, "") else None
+        queue = self._queue(store, view, lab)
         ids = [q.anomaly_id for q in queue]
         start = ids.index(after) + 1 if after in ids else 0
         return next((q for q in queue[start:] + queue[:start] if not q.reviewed and q.anomaly_id != after), None)
+
+    # --- the queue's order and filters; bulk accept ----------------------------------------------
+    @guarded(PANEL_SIZE + 1)
+    def set_queue_view(self, state: dict | None, label, anomaly_id, order, reason, st, this_class) -> tuple:
+        """Set the session's queue order and filters (kept in its state) and show where the anomaly
+        in view stands in it. Outputs: the new state, then the panel."""
+        if order not in QUEUE_ORDERS:
+            raise UIError(f"unknown queue order {order!r}; use one of {list(QUEUE_ORDERS)}")
+        if reason not in REASON_CHOICES:
+            raise UIError(f"unknown reason {reason!r}; use one of {REASON_CHOICES}")
+        if st not in STATE_CHOICES:
+            raise UIError(f"unknown decision state {st!r}; use one of {STATE_CHOICES}")
+        view = {"order": order, "reason": None if reason == ANY else reason, "state": None if st == ANY else st,
+                "this_class": bool(this_class)}  # fmt: skip
+        new_state = {**(state or {}), "queue": view}
+        with self._store(new_state) as store:
+            lab = self._label(store, label) if label not in (None, "") else 0
+            aid = int(anomaly_id) if anomaly_id not in (None, "") else None
+            n = len(self._queue(store, view, lab))
+            how = "by doubt" if order == "doubt" else "class by class"
+            msg = ok(f"review queue: {n} anomal{'y' if n == 1 else 'ies'} {how} · N / P step through it, J goes to the "
+                     "next to review")  # fmt: skip
+            return (new_state, *self.panel(store, lab, aid, message=msg, key=self._key(state), view=view))
+
+    def _bulk_items(self, store: RunStore, state: dict | None, label, min_confidence, min_margin) -> list[QueueItem]:
+        lab = self._label(store, label) if label not in (None, "") else None
+        x, y = _float(min_confidence, "minimum confidence"), _float(min_margin, "minimum margin")
+        if not 0.0 <= x <= 1.0:
+            raise UIError(f"minimum confidence must be in [0, 1], got {x}")
+        if y < 0:
+            raise UIError(f"minimum margin must be ≥ 0 (score units), got {y}")
+        return bulk_targets(self._queue(store, self._view(state), lab), x, y)
+
+    @guarded(4)
+    def bulk_preview(self, state: dict | None, label, min_confidence, min_margin) -> tuple:
+        """Say how many automatic picks the bulk accept would accept in the session's queue, and show
+        its Confirm button. Outputs: message, Confirm, Cancel, what awaits confirmation."""
+        with self._store(state) as store:
+            items = self._bulk_items(store, state, label, min_confidence, min_margin)
+            v = self._view(state)
+            shown = self._queue(store, v, int(label) if label not in (None, "") else None)
+            people = sum(q.reviewed for q in shown)
+            x, y = float(min_confidence), float(min_margin)
+            if not items:
+                return (warn(f"no automatic pick in this queue has confidence ≥ {x:g} and a lead ≥ {y:g} over its "
+                             "runner-up; nothing to accept"), gr.update(visible=False), gr.update(visible=False),
+                        None)  # fmt: skip
+            msg = warn(
+                f"Accept {len(items)} automatic pick{'s' if len(items) != 1 else ''} ★ of the {len(shown)} anomalies "
+                f"in this queue (confidence ≥ {x:g}, lead over the runner-up ≥ {y:g})? {people} decided by a person "
+                "stay as they are. Press “Confirm bulk accept”; U undoes it in one step."
+            )
+            pending = {"ids": [q.anomaly_id for q in items], "run": (state or {}).get("run")}
+            return msg, gr.update(visible=True), gr.update(visible=True), pending
+
+    @guarded(PANEL_SIZE + 3)
+    def bulk_confirm(self, state: dict | None, label, anomaly_id, pending) -> tuple:
+        """Accept the previewed picks in one step (``review.bulk_accept``). Outputs: the panel, then
+        Confirm and Cancel hidden and nothing pending."""
+        if not isinstance(pending, dict) or pending.get("run") != (state or {}).get("run") or not pending.get("ids"):
+            raise UIError("nothing to confirm: press “Bulk accept…” first")
+        with self._store(state) as store:
+            want = set(pending["ids"])
+            items = [q for q in review_queue(store) if q.anomaly_id in want]
+            n = bulk_accept(store, items)
+            skipped = len(want) - n
+            msg = f"bulk accept: {n} automatic pick{'s' if n != 1 else ''} accepted in one step (U takes all {n} back)"
+            if skipped:
+                msg += f"; {skipped} left as they are (a person decided meanwhile)"
+            lab = self._label(store, label) if label not in (None, "") else 0
+            hide = gr.update(visible=False)
+            return (*self.panel(store, lab, anomaly_id, message=ok(msg), key=self._key(state), view=self._view(state)),
+                    hide, hide, None)  # fmt: skip
+
+    def bulk_cancel(self) -> tuple:
+        hide = gr.update(visible=False)
+        return ok("bulk accept cancelled: nothing changed"), hide, hide, None
 
     @guarded(3)
     def select_candidate(self, state: dict | None, anomaly_id, evt: gr.EventData) -> tuple:
@@ -825,10 +983,19 @@ class Callbacks:
                 user_decide(store, aid, "candidate", pick)  # reviewed: shown as "accepted"
                 note = f" (it was {before}; U undoes)" if is_reviewed(before) and before != "accepted" else ""
                 msg = ok(f"#{aid}: automatic pick #{pick} accepted{note}")
-                nxt = self._next_todo(store, aid)
+                nxt = self._next_todo(store, aid, self._view(state), a.label)
                 if nxt is None:
-                    return self.panel(store, a.label, aid, message=msg + " · every anomaly is reviewed", key=key)
-                return self.panel(store, nxt.label, nxt.anomaly_id, message=msg + "; next to review", key=key)
+                    return self.panel(
+                        store,
+                        a.label,
+                        aid,
+                        message=msg + " · every anomaly is reviewed",
+                        key=key,
+                        view=self._view(state),
+                    )
+                return self.panel(
+                    store, nxt.label, nxt.anomaly_id, message=msg + "; next to review", key=key, view=self._view(state)
+                )
             if action == "candidate":
                 d = user_decide(store, aid, "candidate", _int(candidate_id, "candidate id"))
                 msg = f"#{aid}: candidate #{d.candidate_id} kept ({decision_state(d, store.auto_pick(aid))})"
@@ -840,7 +1007,9 @@ class Callbacks:
                 msg = f"#{aid}: {'original kept' if action == 'original' else 'dropped'} (your decision)"
             else:
                 raise UIError(f"unknown action {action!r}")
-            return self.panel(store, a.label, aid, candidate_id, message=ok(msg + " · saved"), key=key)
+            return self.panel(
+                store, a.label, aid, candidate_id, message=ok(msg + " · saved"), key=key, view=self._view(state)
+            )
 
     @guarded(PANEL_SIZE)
     def undo(self, state: dict | None, label, anomaly_id) -> tuple:
@@ -849,12 +1018,17 @@ class Callbacks:
             undone = store.undo_last()
             if undone is None:
                 raise UIError("nothing to undo")
+            if undone.count > 1:
+                msg = ok(f"undone the bulk accept: {undone.count} decisions taken back, each back to its automatic "
+                         "pick (no person's decision)")  # fmt: skip
+                return self.panel(store, undone.label, undone.anomaly_id, message=msg, key=self._key(state),
+                                  view=self._view(state))  # fmt: skip
             aid, pick = undone.anomaly_id, store.auto_pick(undone.anomaly_id)
             was = "a decision" if undone.was is None else decision_text(undone.was, pick)
             now = "nothing decided" if undone.now is None else decision_text(undone.now, pick)
             name = store.class_names[undone.label]
             msg = ok(f"undone on #{aid} (class {name}): {was}; now {now}")
-            return self.panel(store, undone.label, aid, message=msg, key=self._key(state))
+            return self.panel(store, undone.label, aid, message=msg, key=self._key(state), view=self._view(state))
 
     @guarded(PANEL_SIZE + 1)
     def regenerate(self, state: dict | None, label, anomaly_id, progress=gr.Progress()) -> tuple:
@@ -869,14 +1043,20 @@ class Callbacks:
         with self._store(state) as store:
             lab = store.image(aid).label
             msg = ok(f"#{aid}: round {round_} of candidates added and rescored")
-            return (msg, *self.panel(store, lab, aid, message=msg, key=self._key(state)))
+            return (msg, *self.panel(store, lab, aid, message=msg, key=self._key(state), view=self._view(state)))
 
     # --- overview ------------------------------------------------------------------------------
-    @guarded(2)
-    def overview(self, state: dict | None, filter_by: str, sort_by: str, descending: bool) -> tuple:
+    @guarded(3)
+    def overview(self, state: dict | None, filter_by: str, sort_by: str, descending: bool, page=1) -> tuple:
+        """The per-class table, filtered and sorted, one page (``OVERVIEW_PAGE`` classes) at a time.
+        Outputs: message, the page's table with its totals row, the page shown."""
         with self._store(state) as store:
             df = overview_frame(store, filter_by, sort_by, bool(descending))
-            return ok(f"{len(df)} of {len(store.class_names)} classes shown; the last row sums them"), with_totals(df)
+            rows, page, pages = page_of(df, page)
+            first = (page - 1) * OVERVIEW_PAGE
+            shown = f"classes {first + 1}–{first + len(rows)} of {len(df)}" if len(df) else "no class"
+            msg = f"{shown} ({filter_by}; {len(store.class_names)} in the run) · page {page} of {pages}"
+            return ok(msg + " · the last row sums this page"), with_totals(rows), page
 
     @guarded(3)
     def jump_to_class(self, state: dict | None, table, evt: gr.SelectData) -> tuple:

@@ -15,7 +15,16 @@ import pandas as pd
 from curator.config import RunConfig, rule
 from curator.export import COLUMNS as EXPORT_COLUMNS
 from curator.ui import evaluate_tab, resources, serving, visitors
-from curator.ui.callbacks import CENTRES, DATA_SOURCES, MODEL_SOURCES, Callbacks
+from curator.ui.callbacks import (
+    ANY,
+    CENTRES,
+    DATA_SOURCES,
+    MODEL_SOURCES,
+    QUEUE_ORDER_CHOICES,
+    REASON_CHOICES,
+    STATE_CHOICES,
+    Callbacks,
+)
 from curator.ui.outputs import Panel, RunOutputs
 from curator.ui.plots import COLOR_BY, PLOT_JS
 from curator.ui.resources import AppSettings
@@ -87,14 +96,15 @@ CSS = """
 #run-info { font-size: 0.92em; }
 #action-bar { position: sticky; top: 0; z-index: 30; background: var(--background-fill-primary);
   border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 8px; box-shadow: 0 2px 6px #0001; }
-#action-bar button { white-space: nowrap; }
+#action-bar button { white-space: nowrap; align-self: center; }
 .msg textarea, .msg input { border: none !important; box-shadow: none !important; background: transparent !important;
   font-weight: 500; padding-left: 0 !important; }
 #run-row button, #overview-row button, #umap-row button, #export-row button, #id-row button {
   align-self: center; }
 #run-row .msg, #umap-row .msg, #export-row .msg { align-self: center; }
 #overview-table { font-size: 12px; }
-#queue-md { white-space: nowrap; align-self: center; font-weight: 600; text-align: right; }
+#queue-md { align-self: center; font-weight: 600; text-align: right; min-width: 220px; }
+#bulk-row { align-items: center; } #bulk-row button { align-self: center; } #bulk-help { align-self: center; }
 #class-gallery img, #original img, #prototype img { image-rendering: pixelated; }
 #original img, #prototype img { width: 100%; height: 100%; object-fit: contain; }
 #anomaly-md { font-size: 0.92em; }
@@ -257,6 +267,27 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         undo_btn = gr.Button("Undo (U)", elem_id="undo-btn", min_width=80, **sm)
                         queue_md = gr.Markdown("", elem_id="queue-md")
                     action_msg = _msg("status", scale=3)
+                # the review queue: its order and filters (N / P / J / A follow them), and bulk accept
+                with gr.Row(elem_id="queue-row"):
+                    q_order = gr.Radio(QUEUE_ORDER_CHOICES, value="class", label="Review queue order", scale=3,
+                                       elem_id="queue-order")  # fmt: skip
+                    q_reason = gr.Dropdown(REASON_CHOICES, value=ANY, label="Reason", scale=1, filterable=False,
+                                           elem_id="queue-reason", min_width=140)  # fmt: skip
+                    q_state = gr.Dropdown(STATE_CHOICES, value=ANY, label="Decision state", scale=1, filterable=False,
+                                          elem_id="queue-state", min_width=140)  # fmt: skip
+                    q_class = gr.Checkbox(False, label="this class only", scale=1, min_width=140, elem_id="queue-class")
+                with gr.Row(elem_id="bulk-row", equal_height=True):
+                    gr.Markdown("**Bulk accept** every automatic pick ★ in this queue that no person has decided, "
+                                "when its", elem_id="bulk-help")  # fmt: skip
+                    bulk_conf = gr.Number(0.9, label="confidence ≥", scale=0, min_width=110, elem_id="bulk-conf")
+                    bulk_margin = gr.Number(0.02, label="and lead over the runner-up ≥", scale=0, min_width=200,
+                                            elem_id="bulk-margin")  # fmt: skip
+                    bulk_btn = gr.Button("Count them…", scale=0, min_width=120, size="sm", elem_id="bulk-btn")
+                    bulk_ok = gr.Button("Confirm bulk accept", variant="primary", scale=0, min_width=160, size="sm",
+                                        visible=False, elem_id="bulk-confirm-btn")  # fmt: skip
+                    bulk_no = gr.Button("Cancel", scale=0, min_width=70, size="sm", visible=False,
+                                        elem_id="bulk-cancel-btn")  # fmt: skip
+                bulk_pending = gr.State(None)  # the anomalies a previewed bulk accept would accept
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
                         with gr.Row():
@@ -300,6 +331,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     ov_filter = gr.Dropdown(OVERVIEW_FILTERS, value=OVERVIEW_FILTERS[0], label="Show")
                     ov_sort = gr.Dropdown(OVERVIEW_COLUMNS, value="label", label="Sort by")
                     ov_desc = gr.Checkbox(False, label="descending")
+                    ov_page = gr.Number(1, label="page (50 classes)", precision=0, minimum=1, elem_id="overview-page",
+                                        scale=0, min_width=130)  # fmt: skip
                     ov_btn = gr.Button("Refresh", elem_id="overview-btn", scale=0, size="sm")
                 ov_msg = _msg("overview-msg")
                 ov_table = gr.Dataframe(
@@ -466,12 +499,22 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 api_name=name,
             )
         undo_btn.click(cb.undo, [state, label, anomaly_id], panel, api_name="undo")
+        q_inputs = [state, label, anomaly_id, q_order, q_reason, q_state, q_class]
+        q_order.input(cb.set_queue_view, q_inputs, [state] + panel, api_name="set_queue_view")
+        for trigger in (q_reason.input, q_state.input, q_class.input):
+            trigger(cb.set_queue_view, q_inputs, [state] + panel, api_visibility="private")
+        bulk_io = [action_msg, bulk_ok, bulk_no, bulk_pending]
+        bulk_btn.click(cb.bulk_preview, [state, label, bulk_conf, bulk_margin], bulk_io, api_name="bulk_preview")
+        bulk_ok.click(cb.bulk_confirm, [state, label, anomaly_id, bulk_pending], panel + bulk_io[1:],
+                      api_name="bulk_confirm")  # fmt: skip
+        bulk_no.click(cb.bulk_cancel, None, bulk_io, api_visibility="private")
 
-        ov_inputs = [state, ov_filter, ov_sort, ov_desc]
-        ov_btn.click(cb.overview, ov_inputs, [ov_msg, ov_table], api_name="overview")
-        overview_tab.select(cb.overview, ov_inputs, [ov_msg, ov_table], api_visibility="private")
-        for trigger in (ov_filter.input, ov_sort.input, ov_desc.input):
-            trigger(cb.overview, ov_inputs, [ov_msg, ov_table], api_visibility="private")
+        ov_inputs = [state, ov_filter, ov_sort, ov_desc, ov_page]
+        ov_outputs = [ov_msg, ov_table, ov_page]
+        ov_btn.click(cb.overview, ov_inputs, ov_outputs, api_name="overview")
+        overview_tab.select(cb.overview, ov_inputs, ov_outputs, api_visibility="private")
+        for trigger in (ov_filter.input, ov_sort.input, ov_desc.input, ov_page.submit):
+            trigger(cb.overview, ov_inputs, ov_outputs, api_visibility="private")
         # a tab opened by the app (not by a click on it) is remembered too
         to_curate = dict(fn=lambda s, p: cb.remember_place(s, p, tab="curate"), inputs=[state, saved_place],
                          outputs=saved_place, api_visibility="private", queue=False)  # fmt: skip

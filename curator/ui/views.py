@@ -9,6 +9,7 @@ pipeline stored when it selected (its centre, ``RunConfig.uniqueness_centre``), 
 from __future__ import annotations
 
 import html
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from curator.doubt import MARGIN_BAND, TAU_BAND
 from curator.review import DECISION_STATES, REVIEWED_STATES, QueueItem, decision_state, review_queue, summarize
 from curator.scoring import label_consistent, passes
 from curator.store import Decision, RunStore
@@ -109,6 +111,22 @@ class AnomalyView:
     state: str  # review.decision_state
     decision: str
     summary_md: str = field(default="")
+
+
+def doubt_line(item: QueueItem, tau: float) -> str:
+    """The panel's line on how much the anomaly needs a person (``curator.doubt``; read, never
+    re-derived): its doubt, its group in the doubt order, and what makes a pick a close call."""
+    if item.kind == "unresolved":
+        return f"\n\n**Doubt {item.doubt:.2f}** · unresolved: no candidate is predicted as the class"
+    lead = "no other eligible candidate" if math.isnan(item.margin) else f"{item.margin:.3f} ahead of the runner-up"
+    why = ""
+    if item.close_call:
+        near = [] if math.isnan(item.margin) or item.margin >= MARGIN_BAND else ["barely ahead of the runner-up"]
+        near += ["below τ"] if item.confidence < tau else []
+        near += ["barely above τ"] if tau <= item.confidence < tau + (1 - tau) * TAU_BAND else []
+        why = f" ({', '.join(near)})" if near else ""
+    return (f"\n\n**Doubt {item.doubt:.2f}** · {item.kind}{why} · pick {lead}, confidence "
+            f"{item.confidence:.3f}")  # fmt: skip
 
 
 def class_choices(store: RunStore, queue: list[QueueItem] | None = None) -> list[tuple[str, int]]:
@@ -289,6 +307,19 @@ def _card_grid(cards: list[Card], url: Callable[[str], str], selected: int | Non
         )
     out.append("</div>")
     return "".join(out)
+
+
+OVERVIEW_PAGE = 50  # classes per page of the overview (a 1,000-class run is 20 pages)
+
+
+def page_of(df: pd.DataFrame, page, size: int = OVERVIEW_PAGE) -> tuple[pd.DataFrame, int, int]:
+    """Rows of page ``page`` (1-based, clamped to the pages there are), that page and the page count."""
+    pages = max(1, -(-len(df) // size))
+    try:
+        page = min(max(1, int(float(page))), pages)
+    except (TypeError, ValueError):
+        raise UIError(f"page must be a number from 1 to {pages}, got {page!r}") from None
+    return df.iloc[(page - 1) * size : page * size], page, pages
 
 
 def overview_frame(store: RunStore, filter_by: str = "all classes", sort_by: str = "label", descending: bool = False):
