@@ -630,7 +630,9 @@ class Callbacks:
         path = self._run_path(state)
         with self._store(state) as store:
             names = store.class_names
-            todo = [c.label for c in store.classes() if c.status != "done"]
+            covered = jobs.run_labels(store)  # a run made with --classes covers only those
+            done_before = {c.label for c in store.classes() if c.status == "done"}
+            todo = [lab for lab in covered if lab not in done_before]
         opened = anomaly_id not in (None, "")
 
         def picker_only(store: RunStore, queue=None) -> Panel:  # the panel left alone but the picker's counts
@@ -654,7 +656,7 @@ class Callbacks:
                     yield (msg, *picker_only(store))
             refreshed = time.perf_counter()
         with self._store(state) as store:
-            done = f"all {len(names)} classes done" + (f" in {time.perf_counter() - t0:.1f} s" if todo else "")
+            done = f"all {len(covered)} classes done" + (f" in {time.perf_counter() - t0:.1f} s" if todo else "")
             queue = review_queue(store)
             msg = ok(f"{done}: {len(queue)} anomalies, {sum(not q.reviewed for q in queue)} to review")
             if opened:

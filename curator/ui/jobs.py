@@ -147,6 +147,11 @@ def _labels(store: RunStore, config: RunConfig) -> list[int]:
     return out
 
 
+def run_labels(store: RunStore) -> list[int]:
+    """The classes the run covers (its ``classes`` setting; every class of the data when unset)."""
+    return _labels(store, store.config)
+
+
 def _class_duration(run_path: str, label: int, progress: ProgressFn | None = None) -> float:
     return estimate_seconds(run_path, label=label)
 
