@@ -306,6 +306,87 @@ def regenerate_local_vs_ray(cb, state: dict, repeats: int) -> dict:
             "ray_over_local": med_ray / med_local, "ray_worker_starts": starts}  # fmt: skip
 
 
+# --- in the browser -----------------------------------------------------------------------------------
+
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+_CHANGED = (  # the panel shows another anomaly than ``old``, its summary names it (the chain's final effect)
+    "old => { const box = document.querySelector('#anomaly-id input'), md = document.querySelector('#anomaly-md');"
+    " return box && box.value && box.value !== old && md && new RegExp('Anomaly #' + box.value + '(?!\\d)')"
+    ".test(md.innerText); }"
+)
+_STATUS = (  # the action bar's message changed from ``old`` and matches ``p``
+    "([old, p]) => { const el = document.querySelector('#status textarea, #status input');"
+    " return el && el.value !== old && new RegExp(p).test(el.value); }"
+)
+
+
+def browser_keys(settings, run_path: str, repeats: int = 5) -> dict:
+    """N / A / J / U pressed in headless Chromium at 1400x900 on the app serving ``run_path``
+    (reopened from Set-up): seconds from the key press to its final visible effect, medians."""
+    from playwright.sync_api import sync_playwright
+
+    from curator.ui import build_demo, launch_kwargs
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        return {"browser_keys": "not measured: no Chromium (apt-get install chromium)"}
+    demo = build_demo(settings)
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                        **launch_kwargs(settings))  # fmt: skip
+    times: dict[str, list[float]] = {"N": [], "A": [], "J": [], "U": []}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=exe, args=BROWSER_FLAGS, headless=True)
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            page.set_default_timeout(120_000)
+            t0 = time.perf_counter()
+            page.goto(demo.local_url)
+            page.get_by_text("Device in use:").wait_for()
+            load = time.perf_counter() - t0
+            page.locator("#runs-dd input").click()
+            page.locator("#runs-dd input").fill(Path(run_path).name)
+            page.keyboard.press("Enter")
+            page.locator("#open-btn").click()
+            page.locator("#run-info").get_by_text(Path(run_path).name).wait_for()
+            page.get_by_role("tab", name="Curate").click()
+            page.wait_for_function(_CHANGED, arg="")
+            page.locator("#anomaly-md").click()  # focus out of any text field: the keys go to the page
+
+            def press(key: str, js: str, arg) -> float:
+                t = time.perf_counter()
+                page.keyboard.press(key)
+                page.wait_for_function(js, arg=arg)
+                return time.perf_counter() - t
+
+            def status() -> str:
+                return page.locator("#status textarea, #status input").first.input_value()
+
+            def aid() -> str:
+                return page.locator("#anomaly-id input").input_value()
+
+            for _ in range(repeats):
+                times["N"].append(press("n", _CHANGED, aid()))
+                times["A"].append(press("a", _STATUS, [status(), "accepted|no automatic pick"]))
+                times["J"].append(press("j", _CHANGED, aid()))
+                times["U"].append(press("u", _STATUS, [status(), "undone on|nothing to undo"]))
+            browser.close()
+    finally:
+        demo.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    per_key = {f"browser_{k}": v for k, v in med.items()}
+    return {"browser_keys": max(med.values()), "browser_page_load_s": load} | per_key
+
+
 # --- the report ---------------------------------------------------------------------------------------
 
 
@@ -380,10 +461,17 @@ def parse_args(argv=None):
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--out", type=Path, default=None, help="the report (default: APP_SCALE.md, or work/quick/)")
     p.add_argument("--no-ray", action="store_true", help="skip Regenerate on Ray")
+    p.add_argument("--no-browser", dest="browser", action="store_false", help="skip the keys in Chromium")
+    p.add_argument(
+        "--browser-only",
+        action="store_true",
+        help="measure only the keys in Chromium, on the runs of the last full run (results.json)",
+    )
     p.add_argument("--no-map-above", type=int, default=None, help="skip the whole-run map above this many classes")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument("--params", type=json.loads, default={}, help="run parameters over TESTBED.md's, JSON")
     args = p.parse_args(argv)
+    args.browser = args.browser and not args.quick
     args.sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else (QUICK_SIZES if args.quick else SIZES)
     sub = "quick" if args.quick else "full"
     args.out = args.out or (args.work / "quick" / "APP_SCALE.md" if args.quick else REPORT)
@@ -409,6 +497,8 @@ def main(argv=None) -> int:
     from curator.ui.callbacks import Callbacks
     from curator.ui.resources import AppSettings
 
+    if args.browser_only:
+        return browser_only(args)
     total = load_dataset(str(args.data)).num_classes
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -439,8 +529,13 @@ def main(argv=None) -> int:
         row.update(run_all(cb, state))
         print(f"run_all: {row['run_all_s']:.1f} s, first anomaly {row['first_anomaly']}", flush=True)
         save()
+        row["run"] = state["run"]
         row.update(keys(cb, state))
         row.update(probes(cb, state, n))
+        if args.browser:
+            row.update(browser_keys(cb.settings, state["run"]))
+        else:
+            row["browser_keys"] = "not measured (--no-browser)"
         row["peak_rss_mb"] = rss.peak_mb
         save()
         if args.no_map_above is None or n <= args.no_map_above:
@@ -467,11 +562,31 @@ def main(argv=None) -> int:
             assert cli_main(argv) == 0
             row["cli_s"] = time.perf_counter() - t0
         row["app_over_cli"] = (row["create_s"] + row["run_all_s"]) / row["cli_s"]
-        row["browser_keys"] = "not measured: the browser rows are measured separately (see below)"
         save()
         print(json.dumps({k: v for k, v in row.items() if not isinstance(v, str)}, default=str), flush=True)
     results["notes"] = notes(results)
     save()
+    print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+def browser_only(args) -> int:
+    """The browser rows for the runs of the last full run, added to its results and report."""
+    from curator.store import read_config
+    from curator.ui.resources import AppSettings
+
+    saved = args.work / "results.json"
+    results = json.loads(saved.read_text())
+    settings = AppSettings(runs_dir=args.work / "runs")
+    for run in sorted(settings.runs_dir.glob("run-*")):
+        config = read_config(run)
+        n = len(config.classes) if config.classes else max(int(k) for k in results["sizes"])
+        if str(n) in results["sizes"]:
+            print(f"--- browser, {n} classes ({run.name})", flush=True)
+            results["sizes"][str(n)].update(browser_keys(settings, str(run)))
+    results["notes"] = notes(results)
+    saved.write_text(json.dumps(results, indent=1, default=str))
+    write_report(results, args.out, args.quick)
     print(f"wrote {args.out}", flush=True)
     return 0
 
