@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -97,6 +98,17 @@ class RSS:
             time.sleep(0.2)
 
 
+def guarded(key: str, fn, *args, **kwargs) -> dict:
+    """``fn``'s results, or ``{key: "not measured: <the error>"}``: one failed phase keeps the others."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported in the row, the run goes on
+        import traceback
+
+        traceback.print_exc()
+        return {key: f"not measured: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
+
+
 def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -147,7 +159,7 @@ def make_run(cb, args, n: int, total: int) -> dict:
         cache.clear()
     d = RunConfig()
     p = {**PARAMS, **args.params}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
     if n == total:
         out = cb.start_run(DATA_SOURCES[1], str(args.data), None, MODEL_SOURCES[1], str(args.generator),
                            str(args.detector), p["ipc"], p["k"], d.tau, d.lam, p["steps"], p["strength"], d.guidance,
@@ -163,13 +175,15 @@ def make_run(cb, args, n: int, total: int) -> dict:
         out = cb.open_run(path)
         how = "`curator run --classes` made, Reopen (open_run)"
     assert out[0].startswith("✔"), out[0]
-    return {"state": out[1], "create_s": time.perf_counter() - t0, "how": how}
+    cpu = cpu_seconds(resource.RUSAGE_SELF) - cpu0
+    return {"state": out[1], "create_s": time.perf_counter() - t0, "create_cpu_s": cpu, "how": how}
 
 
 def run_all(cb, state: dict) -> dict:
     from curator.ui.outputs import Panel
 
     aid_at = 1 + Panel._fields.index("anomaly_id")
+    cpu0 = cpu_seconds(resource.RUSAGE_SELF)
     t0, first, yields, last = time.perf_counter(), None, 0, ""
     for out in cb.run_all(state, 0, None, progress=None):
         yields += 1
@@ -177,7 +191,15 @@ def run_all(cb, state: dict) -> dict:
         if first is None and isinstance(out[aid_at], int):
             first = time.perf_counter() - t0
     assert last.startswith("✔ all"), last
-    return {"first_anomaly": first, "run_all_s": time.perf_counter() - t0, "yields": yields, "message": last}
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(resource.RUSAGE_SELF) - cpu0
+    return {"first_anomaly": first, "run_all_s": wall, "run_all_cpu_s": cpu, "yields": yields, "message": last}
+
+
+def cpu_seconds(who: int) -> float:
+    """CPU seconds (user + system) of this process (``RUSAGE_SELF``, every thread) or of its
+    finished children (``RUSAGE_CHILDREN``): a measure of the work that the load does not stretch."""
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 def cli_run(args, n: int, total: int, out: Path) -> dict:
@@ -189,13 +211,13 @@ def cli_run(args, n: int, total: int, out: Path) -> dict:
     if n != total:
         cmd += ["--classes", ",".join(str(i) for i in range(n))]
     shutil.rmtree(out / f"cli{n}", ignore_errors=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ), timeout=7200)
-    process_s = time.perf_counter() - t0
+    process_s, cpu = time.perf_counter() - t0, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"curator run failed: {proc.stderr[-2000:]}")
     wall = float(re.search(r"run cli\d+: ([\d.]+) s wall", proc.stdout).group(1))
-    return {"cli_s": wall, "cli_process_s": process_s}
+    return {"cli_s": wall, "cli_process_s": process_s, "cli_process_cpu_s": cpu}
 
 
 def keys(cb, state: dict) -> dict:
@@ -416,6 +438,8 @@ def write_report(results: dict, path: Path, quick: bool) -> None:
     extra = [
         ("the app's whole run (Run all)", "run_all_s", "s"), ("the CLI's whole run (printed wall)", "cli_s", "s"),
         ("run creation in the app (models and data loaded)", "create_s", "s"),
+        ("Run all, whole run: app ÷ CLI in CPU seconds (the load does not stretch these)", "app_over_cli_cpu", "x"),
+        ("CPU seconds: app (creation + Run all) / CLI process", "cpu_pair", ""),
         ("Regenerate, local (median)", "regen_local", "s"), ("Regenerate, app on Ray (median after the first)",
         "regen_ray", "s"), ("Regenerate, app on Ray, the first (starts the pooled workers)", "regen_ray_first", "s"),
         ("peak RSS of the app process", "peak_rss_mb", "MB"), ("anomalies in the run", "anomalies", ""),
@@ -533,18 +557,18 @@ def main(argv=None) -> int:
         row.update(keys(cb, state))
         row.update(probes(cb, state, n))
         if args.browser:
-            row.update(browser_keys(cb.settings, state["run"]))
+            row.update(guarded("browser_keys", browser_keys, cb.settings, state["run"]))
         else:
             row["browser_keys"] = "not measured (--no-browser)"
         row["peak_rss_mb"] = rss.peak_mb
         save()
         if args.no_map_above is None or n <= args.no_map_above:
-            row.update(whole_map(cb, state))
+            row.update(guarded("map_fit", whole_map, cb, state))
         else:
             row["map_fit"] = row["map_cached"] = f"not measured (skipped above {args.no_map_above} classes)"
         row.update(export(cb, state))
         if not args.no_ray and not args.quick and n == max(args.sizes):
-            row.update(regenerate_local_vs_ray(cb, state, repeats=5))
+            row.update(guarded("ray_over_local", regenerate_local_vs_ray, cb, state, repeats=5))
         row["peak_rss_mb"] = rss.peak_mb
         rss.active.clear()
         save()
@@ -562,6 +586,9 @@ def main(argv=None) -> int:
             assert cli_main(argv) == 0
             row["cli_s"] = time.perf_counter() - t0
         row["app_over_cli"] = (row["create_s"] + row["run_all_s"]) / row["cli_s"]
+        if "cli_process_cpu_s" in row:
+            row["cpu_pair"] = f"{row['create_cpu_s'] + row['run_all_cpu_s']:.0f} / {row['cli_process_cpu_s']:.0f}"
+            row["app_over_cli_cpu"] = (row["create_cpu_s"] + row["run_all_cpu_s"]) / row["cli_process_cpu_s"]
         save()
         print(json.dumps({k: v for k, v in row.items() if not isinstance(v, str)}, default=str), flush=True)
     results["notes"] = notes(results)
