@@ -487,6 +487,8 @@ def parse_args(argv=None):
     p.add_argument("--no-ray", action="store_true", help="skip Regenerate on Ray")
     p.add_argument("--no-browser", dest="browser", action="store_false", help="skip the keys in Chromium")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last results.json")
+    p.add_argument("--regen-only", action="store_true",
+                   help="only Regenerate local against Ray, on the largest run of results.json")  # fmt: skip
     p.add_argument(
         "--browser-only",
         action="store_true",
@@ -524,6 +526,8 @@ def main(argv=None) -> int:
 
     if args.browser_only:
         return browser_only(args)
+    if args.regen_only:
+        return regen_only(args)
     if args.report_only:
         results = json.loads((args.work / "results.json").read_text())
         results["notes"] = notes(results)
@@ -603,6 +607,28 @@ def main(argv=None) -> int:
     return 0
 
 
+def regen_only(args) -> int:
+    """Regenerate local against the app on Ray again, on the largest run of the last full run (with
+    ``--threads``: at that many torch threads), kept beside the first figures."""
+    from curator.ui.callbacks import Callbacks
+    from curator.ui.resources import AppSettings
+
+    saved = args.work / "results.json"
+    results = json.loads(saved.read_text())
+    n = max(int(k) for k in results["sizes"])
+    row = results["sizes"][str(n)]
+    cb = Callbacks(AppSettings(runs_dir=args.work / "runs"))
+    state = cb.open_run(row["run"])[1]
+    import torch
+
+    got = regenerate_local_vs_ray(cb, state, repeats=5)
+    tag = f"threads{torch.get_num_threads()}"
+    row[f"regen_{tag}"] = got
+    print(json.dumps(got), flush=True)
+    saved.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
 def browser_only(args) -> int:
     """The browser rows for the runs of the last full run, added to its results and report."""
     from curator.store import read_config
@@ -640,6 +666,9 @@ CAUSES = {
     "browser_keys": "the handlers answer in tens of ms (the rows above); the rest is Gradio's round trip and the "
     "browser redrawing the panel (gallery, candidate cards, tables) and the events chained after each key, on "
     "2 loaded cores shared with the app and the browser",
+    "export": "the export copies every kept image into the ImageFolder tree, writes the metadata and then a zip of "
+    "the whole tree, and the app reads the provenance back for its preview; it ran here while the load average was "
+    "about 6 on 2 cores (TESTBED.md: `curator export` of the same 1,000-class run took 24 s at load 1.5)",
     "app_over_cli": "see the CPU-seconds row: where the app's CPU seconds match the CLI's, the wall-time gap is the "
     "load of other processes on the shared machine, not the app's work",
     "ray_over_local": "on one 2-core machine each Ray worker has one core (one torch thread) where the local engine "
@@ -661,6 +690,12 @@ def notes(results: dict) -> list[str]:
                 f"workers) took {ray.get('regen_ray_first', 0):.1f} s; the next ones {ray.get('regen_ray', 0):.2f} s "
                 f"(median) against {ray.get('regen_local', 0):.2f} s locally; workers started "
                 f"{ray.get('ray_worker_starts', '?')} time(s) for all of them."]  # fmt: skip
+    for key, again in sorted((k, v) for k, v in last.items() if k.startswith("regen_threads")):
+        if isinstance(again, dict) and "regen_local" in again:
+            out += ["", f"Measured again with `--regen-only` at {key.removeprefix('regen_threads')} torch thread(s) in "
+                    f"the app's process: Regenerate local {again['regen_local']:.2f} s, app on Ray "
+                    f"{again['regen_ray']:.2f} s after a first of {again['regen_ray_first']:.1f} s: Ray ÷ local "
+                    f"{again['ray_over_local']:.2f}; worker starts {again['ray_worker_starts']}."]  # fmt: skip
     out += [
         "",
         "Notes: *app ÷ CLI* compares the app's run creation (Start or Reopen, with data and models loaded) plus Run "
