@@ -656,9 +656,9 @@ class Callbacks:
                     yield (msg, *picker_only(store))
             refreshed = time.perf_counter()
         with self._store(state) as store:
-            done = f"all {len(covered)} classes done" + (f" in {time.perf_counter() - t0:.1f} s" if todo else "")
+            summary = f"all {len(covered)} classes done" + (f" in {time.perf_counter() - t0:.1f} s" if todo else "")
             queue = review_queue(store)
-            msg = ok(f"{done}: {len(queue)} anomalies, {sum(not q.reviewed for q in queue)} to review")
+            msg = ok(f"{summary}: {len(queue)} anomalies, {sum(not q.reviewed for q in queue)} to review")
             if opened:
                 yield (msg, *picker_only(store, queue))
                 return
