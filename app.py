@@ -48,7 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     cleanup.start_sweeper(settings)  # public mode only: deletes old runs, uploads and exports
     if os.environ.get("CURATOR_WARM_UMAP", "1") != "0":  # after the page answers: pay numba's compile time
         threading.Thread(target=_warm_umap, daemon=True).start()
-    demo.block_thread()
+    try:
+        demo.block_thread()
+    finally:  # Ctrl+C or a closed server: the pooled engine's workers go too (also done at exit)
+        from curator.ui.jobs import close_engines
+
+        close_engines()
 
 
 def _warm_umap() -> None:

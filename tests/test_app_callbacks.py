@@ -18,7 +18,7 @@ from conftest import make_tiny_detector, make_tiny_generator, write_image_folder
 from curator.cli import summary_frame
 from curator.review import DECISION_STATES, summarize
 from curator.store import Decision, RunStore
-from curator.ui import jobs
+from curator.ui import callbacks, jobs
 from curator.ui.callbacks import DATA_SOURCES, MODEL_SOURCES, PANEL_SIZE, Callbacks
 from curator.ui.outputs import Panel, RunOutputs
 from curator.ui.resources import AppSettings
@@ -392,14 +392,32 @@ def test_bad_decisions_are_refused_and_leave_the_view(cb, assets):
     )
 
 
-def test_the_queue_runs_across_classes_and_undo_moves_the_view(cb, assets):
+def test_run_all_batches_the_classes_as_the_cli_does(cb, assets, monkeypatch):
+    """Both classes in one engine group (the generator's batches span classes), then the end."""
+    from curator.engine import Engine
+
+    groups = []
+    real = Engine.groups
+    monkeypatch.setattr(Engine, "groups", lambda self, labels: groups.append(real(self, labels)) or groups[-1])
+    state = started(cb, assets)
+    out = list(cb.run_all(state, 0, None, progress=None))
+    assert groups == [[[0, 1]]] and len(out) == 2
+    assert out[0][0].startswith("✔ 2 of 2 classes done") and isinstance(out[0][1 + P["aid"]], int)
+    assert out[1][0].startswith("✔ all 2 classes done")
+
+
+def test_the_queue_runs_across_classes_and_undo_moves_the_view(cb, assets, monkeypatch):
+    from curator.engine import Engine
+
+    monkeypatch.setattr(Engine, "groups", lambda self, labels: [[lab] for lab in labels])  # a group per class
+    monkeypatch.setattr(callbacks, "PICKER_REFRESH_S", 0.0)  # the picker refreshed after every group
     state = started(cb, assets)
     out = list(cb.run_all(state, 0, None, progress=None))
     assert out[-1][0].startswith("✔ all 2 classes done") and len(out[-1]) == PANEL_SIZE + 1
     store = RunStore.open(state["run"])
     queue = [a.id for a in store.anomalies()]
     assert {a.label for a in store.anomalies()} == {0, 1}  # tau 0.99: anomalies in both classes
-    assert len(out) == 3 and out[0][0].startswith("✔ 1 of 2 classes done")  # one update per class, then the end
+    assert len(out) == 3 and out[0][0].startswith("✔ 1 of 2 classes done")  # one update per group, then the end
     assert out[0][1 + P["aid"]] == queue[0]  # opened on the first anomaly to review as soon as class a was done
     assert out[1][1 + P["aid"]] == {"__type__": "update"}  # then left alone (the user may be reviewing) ...
     assert out[1][1 + P["picker"]]["choices"][1][0].startswith("1 · b — ")  # ... while class b becomes reviewable

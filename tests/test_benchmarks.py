@@ -247,3 +247,30 @@ def test_scale_quick_measures_peak_rss_per_size_and_the_engines_in_fresh_process
     again = json.loads((tmp_path / "quick" / "scale.json").read_text())
     assert again["engines"] == eng and [r["factor"] for r in again["rows"]] == [1]
     assert "## Engines: local against Ray" in (tmp_path / "quick" / "SCALE.md").read_text()
+
+
+def test_app_scale_quick_writes_every_row_of_the_issue(tmp_path):
+    """benchmarks.app_scale --quick on 10 tiny classes: every target row is in the report, measured or
+    saying why not, and the figures it measured are times."""
+    from conftest import write_image_folder
+
+    from benchmarks import app_scale
+
+    names = [f"c{i}" for i in range(10)]
+    data = write_image_folder(tmp_path / "data", dict.fromkeys(names, 6), size=20)
+    make_tiny_generator(names, resolution=20).save_pretrained(tmp_path / "gen")
+    make_tiny_detector(names, input_size=20).save(tmp_path / "det")
+    out = tmp_path / "APP_SCALE.md"
+    argv = ["--quick", "--data", str(data), "--generator", str(tmp_path / "gen"), "--detector",
+            str(tmp_path / "det"), "--work", str(tmp_path / "work"), "--out", str(out),
+            "--params", '{"ipc": 2, "k": 2, "steps": 2}', "--no-map-above", "0"]  # fmt: skip (the map: numba, 20 s)
+    assert app_scale.main(argv) == 0
+    report = out.read_text()
+    for _, what, target, _, _ in app_scale.ROWS:
+        assert f"| {what} | {target} |" in report, what
+    row = json.loads((tmp_path / "work" / "quick" / "results.json").read_text())["sizes"]["10"]
+    assert 0 < row["first_anomaly"] <= row["run_all_s"] and row["cli_s"] > 0 and row["peak_rss_mb"] > 100
+    assert all(isinstance(row[k], float) and row[k] > 0 for k in ("key_N", "key_J", "key_U", "export"))
+    assert row["map_fit"].startswith("not measured (skipped above 0 classes)")
+    for key, names in app_scale.PROBES.items():  # the doubt-queue handlers: measured, or named as missing
+        assert isinstance(row[key], float) or any(n in row[key] for n in names), row[key]

@@ -20,6 +20,7 @@ from benchmarks.crash import RUN_ID, export_bytes, run_cli, tiny_setup
 from curator.cli import main as cli_main
 from curator.config import RunConfig
 from curator.engine import create_run
+from curator.store import RunStore
 
 ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +96,35 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_the_same(cluster, local):
     assert all(kept.get(i) == f for i, f in before.items())  # what was written before the kill was not redone
     got = export_bytes(root / "ray-kill" / RUN_ID, root / "export-ray-kill")
     assert [k for k in local if got.get(k) != local[k]] == []
+
+
+def test_pooled_ray_workers_serve_several_jobs_and_stream_groups_in_order(cluster, local):
+    """The app's EnginePool on Ray: the run, then a Regenerate, on the same workers (started once,
+    models loaded once); the run's groups arrive in order, and the run equals the local one."""
+    from curator.engine import LocalEngine
+    from curator.engine.pool import EnginePool
+
+    root, flags = cluster
+    made = LocalEngine.create(config_of(flags), str(root / "pooled"), RUN_ID)
+    path = str(made.store.path)
+    made.close()
+    pool = EnginePool(idle_s=60)
+    try:
+        with pool.lease(path, engine="ray", workers=2) as engine:
+            pids = engine.worker_pids()
+            assert list(engine.run_stream()) == [[0, 1], [2, 3]]  # batch 1 at IPC 2: groups of two
+        got = export_bytes(root / "pooled" / RUN_ID, root / "export-pooled")
+        assert [k for k in local if got.get(k) != local[k]] == []
+        store = RunStore.open(path)
+        aid = store.anomalies(0)[0].id
+        store.close()
+        with pool.lease(path, engine="ray", workers=2) as engine:
+            assert engine.worker_pids() == pids and engine.regenerate(aid) == PARAMS["rounds"] + 1
+        assert pool.starts == 1
+        workers = pool._slot.workers
+    finally:
+        pool.close()
+    assert workers.workers == [] and pool.held is None
 
 
 @pytest.mark.parametrize("first, then", [("local", "ray"), ("ray", "local")])

@@ -89,6 +89,14 @@ class Engine:
         the models there (``RayEngine``)."""
         return load_components(config, data, generator, detector)
 
+    @classmethod
+    def start_workers(cls, config: RunConfig, data: Dataset | None = None, progress: ProgressFn | None = None,
+                      **options) -> object | None:  # fmt: skip
+        """Start what a long-lived caller may keep across jobs of one run (``pool.EnginePool``),
+        handed back to the constructor as ``pool=``; it has ``kill()``. None here: the local
+        engine's stages run in this process, with models the caller loads (and caches)."""
+        return None
+
     # --- where the stages run (engines override these) -------------------------------------------
     def _stream(
         self, labels: list[int], state: stages.GroupState, rounds: range | None = None
@@ -144,15 +152,23 @@ class Engine:
         a long run still finishes classes, for a person to review, as it goes.
         """
         labels = self.labels() if labels is None else labels
+        for _ in self.run_stream(labels):
+            pass
+        return summarize(self.store, labels)
+
+    def run_stream(self, labels: list[int] | None = None) -> Iterator[list[int]]:
+        """``run``, yielding each group of classes as soon as it is written and marked done, in
+        order: a caller (the app) can show the first group for review while the rest run."""
+        labels = self.labels() if labels is None else labels
         self.check_class_sizes(labels)
         todo = [label for label in labels if self.store.class_status(label) != "done"]
-        self._run_groups(self.groups(todo))
-        return summarize(self.store, labels)
+        yield from self._run_groups(self.groups(todo))
 
     def run_class(self, label: int) -> ClassSummary:
         """All stages for one class, skipping what the store already holds (so it also resumes)."""
         self.check_class_sizes([label])
-        self._run_groups([[label]])
+        for _ in self._run_groups([[label]]):
+            pass
         return summarize(self.store, [label])[0]
 
     def groups(self, labels: list[int]) -> list[list[int]]:
@@ -160,10 +176,12 @@ class Engine:
         size = max(1, math.ceil(4 * self.config.batch_size / self.config.ipc))
         return [labels[lo : lo + size] for lo in range(0, len(labels), size)]
 
-    def _run_groups(self, groups: list[list[int]]) -> None:
+    def _run_groups(self, groups: list[list[int]]) -> Iterator[list[int]]:
+        """Run ``groups`` one after the other, yielding each once it is done."""
         self.centres()
         for labels in groups:
             self._run_group(labels)
+            yield labels
 
     def _run_group(self, labels: list[int]) -> None:
         """All stages for ``labels``; the wall time of each stage is shared among the classes in

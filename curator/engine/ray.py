@@ -37,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -329,6 +330,11 @@ class WorkerPool:
         self.workers = workers
         self.startup_s = startup_s  # the slowest worker's start-up (s)
         self.index_ref = index_ref  # the data's file index, kept while the workers may restart
+        self.shared = False  # kept across jobs by an EnginePool: the engines using it do not kill it
+
+    def usable(self) -> bool:
+        """Whether the workers can still be used (killed pools, or a Ray shut down, cannot)."""
+        return bool(self.workers) and ray.is_initialized()
 
     @classmethod
     def start(
@@ -426,6 +432,17 @@ class RayEngine(Engine):
             raise
 
     @classmethod
+    def start_workers(cls, config, data=None, progress=None, *, ray_address=None, **options):
+        """Join the cluster and start the workers, for an ``EnginePool`` to keep across jobs
+        (``shared``: the engines given them with ``pool=`` leave them running when they close)."""
+        connect(ray_address)
+        names = ("workers", "cpus_per_worker", "gpus_per_worker", "placement")
+        pool = WorkerPool.start(config.validate(), progress, data=data or driver_data(config),
+                                **{k: options[k] for k in names if options.get(k) is not None})  # fmt: skip
+        pool.shared = True
+        return pool
+
+    @classmethod
     def _load(cls, config, data=None, generator=None, detector=None):
         """The driver needs the data's index only (class names, labels, files); the workers load the
         models (and check that they fit the data) where they run them."""
@@ -455,7 +472,7 @@ class RayEngine(Engine):
                                                  cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                                                  placement=placement, data=self.data)  # fmt: skip
         except BaseException:
-            if pool is not None:
+            if pool is not None and not pool.shared:
                 pool.kill()
             store.close()
             raise
@@ -463,7 +480,7 @@ class RayEngine(Engine):
         self.startup_s = self.pool.startup_s
 
     def close(self) -> None:
-        if hasattr(self, "pool"):
+        if hasattr(self, "pool") and not self.pool.shared:
             self.pool.kill()
         super().close()
 
@@ -550,8 +567,9 @@ class RayEngine(Engine):
                     raise self._lost(f"classes {labels} failed on Ray: {_one_line(exc)}") from None
                 state = _resume_state(self.group_state(labels), state)
 
-    def _run_groups(self, groups: list[list[int]]) -> None:
-        """Every group on the workers, as many at once as there are workers. Results are written
+    def _run_groups(self, groups: list[list[int]]) -> Iterator[list[int]]:
+        """Every group on the workers, as many at once as there are workers, yielding each group
+        once it is written and marked done (the workers go on meanwhile). Results are written
         here in the groups' order, as the local engine writes them: a group that finishes early
         waits in memory until the groups before it are written, so the store's rows (and the ids the
         export's audit columns carry) do not depend on which worker was faster. A group whose worker
@@ -596,18 +614,22 @@ class RayEngine(Engine):
         write_order = [tuple(labels) for labels in groups]
         waiting: dict[tuple, list] = {}  # results of groups not yet at the head of write_order
         finished: dict[tuple, float] = {}  # group -> wall seconds, done but not yet written as done
+        ready: list[list[int]] = []  # groups written and marked done, not yet yielded
 
-        def write_ready():
-            """Write the head group's results, and move on while the head group is done."""
+        def write_ready() -> list[list[int]]:
+            """Write the head group's results, and move on while the head group is done; returns
+            the groups finished now."""
+            done = []
             while write_order:
                 head = write_order[0]
                 for payload in waiting.pop(head, []):
                     for label, s in self.consume(list(head), iter([payload])).items():
                         seconds[head][label] = seconds[head].get(label, 0.0) + s
                 if head not in finished:
-                    return
+                    break
                 self.finish(list(head), seconds.pop(head), finished.pop(head))
-                write_order.pop(0)
+                done.append(list(write_order.pop(0)))
+            return done
 
         def submit(worker, labels, attempt):
             key = tuple(labels)
@@ -621,10 +643,14 @@ class RayEngine(Engine):
             threading.Thread(target=pump, args=(worker, labels, state, attempt), daemon=True).start()
 
         try:
-            while pending or running:
+            while pending or running or ready:
                 while pending and free:
                     labels, attempt = pending.pop(0)
                     submit(free.pop(0), labels, attempt)
+                while ready:  # after the free workers have their next groups: they run meanwhile
+                    yield ready.pop(0)
+                if not (pending or running):
+                    break
                 if pending and not running:  # nothing can move until a worker comes back
                     stalled_since = stalled_since or time.monotonic()
                     waited = time.monotonic() - stalled_since
@@ -652,12 +678,12 @@ class RayEngine(Engine):
                 key = tuple(labels)
                 if kind == "item":
                     waiting.setdefault(key, []).append(payload)
-                    write_ready()
+                    ready.extend(write_ready())
                 elif kind == "done":
                     running.pop(key)
                     finished[key] = time.time() - started.pop(key)
                     free.append(worker)
-                    write_ready()
+                    ready.extend(write_ready())
                 else:
                     running.pop(key)
                     waiting.pop(key, None)  # not written: the next worker makes them again, the same

@@ -78,6 +78,8 @@ from curator.ui.views import (
 
 log = logging.getLogger("curator.ui")
 
+PICKER_REFRESH_S = 2.0  # Run all: the class picker's counts are refreshed at most this often (s)
+
 DATA_SOURCES = ["built-in (mnist5k)", "folder on the server", "uploaded zip"]
 # the third: the shipped detector with a deliberately early generator checkpoint, a testbed where
 # refinement has work to do (assets/generator-early/README.md); never for real distillation
@@ -677,37 +679,44 @@ class Callbacks:
 
     @guarded(PANEL_SIZE + 1)
     def run_all(self, state: dict | None, label, anomaly_id=None, progress=gr.Progress()):
-        """Run (or resume) every class not yet done, one class per job, streaming: after each class
-        the class picker's counts are refreshed, so finished classes can be reviewed while the rest
-        runs. The panel is left alone (the user may be reviewing), except that if nothing was open
-        it opens on the first anomaly to review; at the end it does the same."""
+        """Run (or resume) every class not yet done, batched across classes in the engine's groups
+        (as ``curator run`` does; one class per GPU call on Spaces), streaming: as each group is
+        done the class picker's counts are refreshed (at most every ``PICKER_REFRESH_S``), so
+        finished classes can be reviewed while the rest runs. The panel is left alone (the user may
+        be reviewing), except that if nothing was open it opens on the first anomaly to review as
+        soon as there is one; at the end it does the same."""
         path = self._run_path(state)
         with self._store(state) as store:
             names = store.class_names
-            todo = [c.label for c in store.classes() if c.status != "done"]
+            covered = jobs.run_labels(store)  # a run made with --classes covers only those
+            done_before = {c.label for c in store.classes() if c.status == "done"}
+            todo = [lab for lab in covered if lab not in done_before]
         opened = anomaly_id not in (None, "")
 
         def picker_only(store: RunStore, queue=None) -> Panel:  # the panel left alone but the picker's counts
             return Panel.skip(picker=gr.update(choices=class_choices(store, queue)))
 
-        t0 = time.perf_counter()
-        for i, lab in enumerate(todo):
-            where = f"{i + 1} of {len(todo)} classes · "
-            jobs.run_job(path, [lab], progress=_progress_fn(progress, names, where))
-            msg = ok(
-                f"{i + 1} of {len(todo)} classes done ({time.perf_counter() - t0:.0f} s); class {names[lab]} is ready"
-            )
+        t0 = refreshed = time.perf_counter()
+        done = 0
+        report = _progress_fn(progress, names, f"run all ({len(todo)} classes) · ")
+        for group in jobs.run_stream(path, todo, progress=report):
+            done += len(group)
+            which = f"class {names[group[0]]}" if len(group) == 1 else f"classes {names[group[0]]}–{names[group[-1]]}"
+            msg = ok(f"{done} of {len(todo)} classes done ({time.perf_counter() - t0:.0f} s); {which} ready")
+            if opened and time.perf_counter() - refreshed < PICKER_REFRESH_S:
+                continue  # the picker's counts were refreshed moments ago: let the run go on
             with self._store(state) as store:
-                first_label, first = self._first_open(store)
-                if not opened and first is not None:
+                first_label, first = (None, None) if opened else self._first_open(store)
+                if first is not None:
                     opened = True
                     yield (msg, *self.panel(store, first_label, first, key=self._key(state), view=self._view(state)))
                 else:
                     yield (msg, *picker_only(store))
+            refreshed = time.perf_counter()
         with self._store(state) as store:
-            done = f"all {len(names)} classes done" + (f" in {time.perf_counter() - t0:.1f} s" if todo else "")
+            summary = f"all {len(covered)} classes done" + (f" in {time.perf_counter() - t0:.1f} s" if todo else "")
             queue = review_queue(store)
-            msg = ok(f"{done}: {len(queue)} anomalies, {sum(not q.reviewed for q in queue)} to review")
+            msg = ok(f"{summary}: {len(queue)} anomalies, {sum(not q.reviewed for q in queue)} to review")
             if opened:
                 yield (msg, *picker_only(store, queue))
                 return

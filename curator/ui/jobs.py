@@ -4,14 +4,17 @@
 for one anomaly; each loads (cached) models and reopens the run. On Hugging Face Spaces (where
 ``spaces`` is importable) these two, and only they, are decorated with ``spaces.GPU``, each with
 a duration estimated from its own work (``estimate_seconds``), so that every GPU call fits
-ZeroGPU's limits. ``run_job`` is the plain entry point the app calls: there it runs the classes
-still to do one GPU call each, checking for a cancel between calls; elsewhere it runs them in one
-engine call, which batches several classes together (faster, on a CPU above all). The app queues
-every call through one concurrency group, so concurrent users take turns on the device instead
-of fighting over it.
+ZeroGPU's limits. ``run_stream`` (and ``run_job``, which waits for it) is the plain entry point the app calls: there
+it runs the classes still to do one GPU call each, checking for a cancel between calls; elsewhere
+it runs them in one engine call, batched in the engine's groups as ``curator run`` does, yielding
+each group as it is done. The app queues every call through one concurrency group, so concurrent
+users take turns on the device instead of fighting over it.
 
 Engine: ``local`` (default), or ``ray`` with ``CURATOR_ENGINE=ray`` (and ``CURATOR_RAY_ADDRESS``
-for a cluster; default: a local Ray started with the app).
+for a cluster; default: a local Ray started with the app). Jobs run on the app's one
+``EnginePool`` (``engine_pool``): on Ray the workers, with their models loaded, stay up across the
+jobs of one run and configuration, and close when the run changes, after
+``$CURATOR_ENGINE_IDLE_S`` seconds without a job (default 600), and at shutdown.
 
 Cancelling: the cancel button sets a per-run ``threading.Event``; the pipeline polls it between
 batches and raises ``Cancelled``, leaving everything generated so far in the store (resumable).
@@ -22,11 +25,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from curator.config import RunConfig
 from curator.data import DataError
-from curator.engine import Cancelled, ProgressFn, open_run
+from curator.engine import Cancelled, Engine, ProgressFn
+from curator.engine.pool import DEFAULT_IDLE_S, EnginePool
 from curator.review import ClassSummary, summarize
 from curator.store import RunStore
 from curator.ui import resources
@@ -142,6 +147,11 @@ def _labels(store: RunStore, config: RunConfig) -> list[int]:
     return out
 
 
+def run_labels(store: RunStore) -> list[int]:
+    """The classes the run covers (its ``classes`` setting; every class of the data when unset)."""
+    return _labels(store, store.config)
+
+
 def _class_duration(run_path: str, label: int, progress: ProgressFn | None = None) -> float:
     return estimate_seconds(run_path, label=label)
 
@@ -176,7 +186,32 @@ def _gpu(duration: Callable) -> Callable[[Callable], Callable]:
 # --- the GPU calls -----------------------------------------------------------------------------------
 
 
-def _engine(run_path: str, progress: ProgressFn | None):
+_POOL: EnginePool | None = None
+_POOL_GUARD = threading.Lock()
+
+
+def engine_pool() -> EnginePool:
+    """The app's one ``EnginePool``: the engine's workers (on Ray: actors with the models loaded)
+    stay up across jobs on the same run and configuration, and close when the run changes, after
+    ``$CURATOR_ENGINE_IDLE_S`` seconds without a job (default 600), and at shutdown."""
+    global _POOL
+    with _POOL_GUARD:
+        if _POOL is None:
+            _POOL = EnginePool(idle_s=resources._env_number("CURATOR_ENGINE_IDLE_S", DEFAULT_IDLE_S))
+        return _POOL
+
+
+def close_engines() -> None:
+    """Close the pooled engine's workers now (the app's shutdown; also done at exit)."""
+    with _POOL_GUARD:
+        pool = _POOL
+    if pool is not None:
+        pool.close()
+
+
+@contextmanager
+def _engine(run_path: str, progress: ProgressFn | None) -> Iterator[Engine]:
+    """An engine for the run on the pooled workers (started on the first job of a run)."""
     event = cancel_event(run_path)
     store = RunStore.open(run_path)
     try:
@@ -184,52 +219,37 @@ def _engine(run_path: str, progress: ProgressFn | None):
     finally:
         store.close()
     data, gen, det = resources.components(config)
-    return open_run(run_path, engine=engine_name(), data=data, generator=gen, detector=det, progress=progress,
-                    cancel=event.is_set, **engine_options())  # fmt: skip
+    with engine_pool().lease(run_path, engine=engine_name(), data=data, generator=gen, detector=det,
+                             progress=progress, cancel=event.is_set, **engine_options()) as engine:  # fmt: skip
+        yield engine
 
 
 @_gpu(_class_duration)
 def run_class_job(run_path: str, label: int, progress: ProgressFn | None = None) -> ClassSummary:
     """Run (or resume) one class of the run: one GPU call. Does not clear a pending cancel."""
-    engine = _engine(run_path, progress)
-    try:
+    with _engine(run_path, progress) as engine:
         return engine.run_class(int(label))
-    finally:
-        engine.close()
 
 
 @_gpu(_regenerate_duration)
 def regenerate_job(run_path: str, anomaly_id: int, progress: ProgressFn | None = None) -> int:
     """One more round of K candidates for an anomaly, then rescoring its class: one GPU call.
     Returns the new round number."""
-    engine = _engine(run_path, progress)
-    try:
+    with _engine(run_path, progress) as engine:
         return engine.regenerate(int(anomaly_id))
-    finally:
-        engine.close()
 
 
-def _run_classes(run_path: str, labels: list[int], progress: ProgressFn | None = None) -> None:
-    """Run several classes in one engine call (not a GPU call: used where there is no ZeroGPU)."""
-    engine = _engine(run_path, progress)
-    try:
-        engine.run(labels)
-    finally:
-        engine.close()
-
-
-def run_job(
-    run_path: str, labels: list[int] | None = None, regenerate_id: int | None = None, progress: ProgressFn | None = None
-) -> list[ClassSummary] | int:
-    """Run ``labels`` (None = every class of the run), skipping finished ones: on Hugging Face
-    Spaces one GPU call per class (``run_class_job``), checking for a cancel between calls,
-    elsewhere one engine call for all of them; or, with ``regenerate_id``, one more round of K
-    candidates for that anomaly (``regenerate_job``). Returns the summaries of ``labels`` (in that
-    order, finished ones included), or the new round number."""
+def run_stream(
+    run_path: str, labels: list[int] | None = None, progress: ProgressFn | None = None
+) -> Iterator[list[int]]:
+    """Run ``labels`` (None = every class of the run), skipping finished ones, and yield the classes
+    of each finished group as soon as they are written and marked done (so a person can review them
+    while the rest run). On Hugging Face Spaces: one GPU call per class (``run_class_job``, within
+    ZeroGPU's per-call limits), checking for a cancel between calls, each class its own group.
+    Elsewhere: one engine call that batches the classes in the engine's groups (``Engine.groups``,
+    as ``curator run`` does: the generator sees full batches) on the pooled engine."""
     event = cancel_event(run_path)
     event.clear()
-    if regenerate_id is not None:
-        return regenerate_job(run_path, int(regenerate_id), progress)
     store = RunStore.open(run_path)
     try:
         labels = _labels(store, store.config) if labels is None else [int(lab) for lab in labels]
@@ -241,10 +261,26 @@ def run_job(
             if event.is_set():
                 raise Cancelled(f"cancelled before class {label}")
             run_class_job(run_path, label, progress)
+            yield [label]
     elif todo:
-        _run_classes(run_path, todo, progress)
+        with _engine(run_path, progress) as engine:
+            yield from engine.run_stream(todo)
+
+
+def run_job(
+    run_path: str, labels: list[int] | None = None, regenerate_id: int | None = None, progress: ProgressFn | None = None
+) -> list[ClassSummary] | int:
+    """Run ``labels`` (None = every class of the run), skipping finished ones (``run_stream``); or,
+    with ``regenerate_id``, one more round of K candidates for that anomaly (``regenerate_job``).
+    Returns the summaries of ``labels`` (in that order, finished ones included), or the new round
+    number."""
+    if regenerate_id is not None:
+        cancel_event(run_path).clear()
+        return regenerate_job(run_path, int(regenerate_id), progress)
+    for _ in run_stream(run_path, labels, progress):
+        pass
     store = RunStore.open(run_path)
     try:
-        return summarize(store, labels)
+        return summarize(store, _labels(store, store.config) if labels is None else [int(lab) for lab in labels])
     finally:
         store.close()
