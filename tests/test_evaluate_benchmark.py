@@ -32,3 +32,33 @@ def test_evaluate_quick_fills_every_cell_and_a_rerun_trains_nothing(tmp_path):
         assert {r.id: [(s.accuracy, s.seconds) for s in r.students] for r in evaluations(store)} == first  # kept
     finally:
         store.close()
+
+
+def test_review_worth_quick_decides_on_a_copy_and_evaluates_both_sets(tmp_path):
+    from benchmarks import review_worth
+    from benchmarks.quality import fingerprint, run_path
+    from curator.review import review_queue
+
+    make_tiny_generator(DIGITS).save_pretrained(tmp_path / "gen")
+    make_tiny_detector(DIGITS).save(tmp_path / "det")
+    argv = ["--quick", "--generator", str(tmp_path / "gen"), "--detector", str(tmp_path / "det"),
+            "--work", str(tmp_path / "work"), "--threads", "1"]  # fmt: skip
+    assert review_worth.main(argv) == 0
+    shared = run_path(review_worth.parse_args(argv), 1, fingerprint(str(tmp_path / "gen")))
+    copy = tmp_path / "work" / "review" / shared.name
+    store = RunStore.open(shared)
+    try:  # the shared benchmark run keeps the pipeline's decisions only
+        assert not any(d.source == "user" for d in store.decisions().values())
+    finally:
+        store.close()
+    store = RunStore.open(copy)
+    try:
+        user = [d for d in store.decisions().values() if d.source == "user"]
+        reviewed = sum(q.reviewed for q in review_queue(store))
+        recs = {r.set_name: r for r in evaluations(store)}
+    finally:
+        store.close()
+    report = (tmp_path / "work" / "quick" / "REVIEW.md").read_text()
+    assert f"({len(user)} made, of " in report and reviewed == len(user)
+    assert set(recs) == {"curated", "automatic"} and all(len(r.students) == 1 for r in recs.values())
+    assert "curated (with your decisions)" in report and "automatic (pipeline's picks)" in report
