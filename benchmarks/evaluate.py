@@ -78,12 +78,12 @@ def small_test(data, per_class: int = 20):
 def plan(args) -> list[tuple[str, int, str, str, list[int]]]:
     """(generator, IPC, protocol, student, seeds) in the order they are trained: the most important
     rows first, so that a benchmark stopped early has filled them. ConvNet-3 before the timm student,
-    IPC 1 (seconds a student) before IPC 10 (minutes), and at IPC 10 seed 0 of every row before
+    IPC 1 before IPC 10 (10x the compute a student), and seed 0 of every row of an IPC before
     seeds 1.. . Seeds join a stored evaluation, so each step trains only the students it lacks."""
     steps = []
     for student in args.students:
         for ipc in sorted(args.ipc):
-            seed_steps = [list(range(args.seeds))] if ipc == min(args.ipc) else [[0], list(range(args.seeds))]
+            seed_steps = [[0], list(range(args.seeds))] if args.seeds > 1 else [[0]]
             for k, seeds in enumerate(seed_steps):
                 for gen in args.generators:
                     for protocol in args.protocols:
@@ -321,7 +321,7 @@ use the **hard-label protocol with ConvNet-3**: cross-entropy, the same optimise
 
 To complete the table, run `{todo}` (`nice -n 10` on a shared machine): it resumes from the stores and
 trains only the students that are missing, most important rows first (ConvNet-3 before resnet10t,
-IPC 1 before IPC 10, at IPC 10 seed 0 of every row before seeds 1 and 2), rewriting this file after
+IPC 1 before IPC 10, seed 0 of every row of an IPC before seeds 1 and 2), rewriting this file after
 each step. `python -m benchmarks.evaluate --report-only` rewrites it from the stores alone.
 
 ## Top-1 on the real test split (%), mean ± std (students)

@@ -101,16 +101,19 @@ def _probs(judge: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
 
 def simulate_review(store: RunStore, judge: torch.nn.Module) -> dict[str, int]:
     """Decide every anomaly of ``store`` as the reviewer would (see the module doc), through
-    ``user_decide``; anomalies a person already decided are left as they are (a rerun decides
-    nothing new). Returns how many anomalies ended in each reviewer outcome."""
+    ``user_decide``; anomalies already decided are left as they are (a rerun decides nothing new and
+    counts the reviewer's earlier decisions by their stored state). Returns how many anomalies
+    ended in each reviewer outcome."""
     judge.eval()
     picks = store.auto_picks()
     out = {"anomalies": 0, "pick kept": 0, "overridden": 0, "dropped": 0, "rescued": 0, "left unresolved": 0,
            "decided before": 0}  # fmt: skip
     for item in review_queue(store):
         out["anomalies"] += 1
-        if item.reviewed:
-            out["decided before"] += 1
+        if item.reviewed:  # a rerun: count what the reviewer decided before
+            kind = {"overridden": "overridden" if picks.get(item.anomaly_id) is not None else "rescued",
+                    "dropped": "dropped"}.get(item.state, "decided before")  # fmt: skip
+            out[kind] += 1
             continue
         cands = store.candidates(item.anomaly_id)
         pick = picks.get(item.anomaly_id)

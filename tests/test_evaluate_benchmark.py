@@ -62,3 +62,17 @@ def test_review_worth_quick_decides_on_a_copy_and_evaluates_both_sets(tmp_path):
     assert f"({len(user)} made, of " in report and reviewed == len(user)
     assert set(recs) == {"curated", "automatic"} and all(len(r.students) == 1 for r in recs.values())
     assert "curated (with your decisions)" in report and "automatic (pipeline's picks)" in report
+    assert review_worth.main(argv) == 0  # a rerun decides nothing new, trains nothing, reports the same decisions
+    rerun = (tmp_path / "work" / "quick" / "REVIEW.md").read_text()
+
+    def decisions(text: str) -> str:
+        return text[text.index("## The reviewer's") : text.index("## Student top-1")]
+
+    assert decisions(rerun) == decisions(report)
+    store = RunStore.open(copy)
+    try:
+        assert {r.set_name: [s.accuracy for s in r.students] for r in evaluations(store)} == {
+            n: [s.accuracy for s in r.students] for n, r in recs.items()
+        }
+    finally:
+        store.close()
