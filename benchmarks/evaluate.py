@@ -31,6 +31,7 @@ from curator.evalsets import SET_TITLES, run_dataset
 from curator.evaluation import StudentProgress, evaluate_run
 from curator.models.detector import Detector
 from curator.models.loading import load_generator
+from curator.store import RunStore
 from curator.students import DEFAULT_TEMPERATURE
 from curator.training import pick_device
 
@@ -95,38 +96,56 @@ def plan(args) -> list[tuple[str, int, str, str, list[int]]]:
 
 
 class Runs:
-    """The benchmark's runs (``benchmarks.quality.ensure_run``), each made or finished once, kept open."""
+    """The benchmark's runs (``benchmarks.quality.ensure_run``), each made or finished once, kept open.
+    Runs only read (``create`` False: the report) are opened as plain stores, without the engine and
+    its writer lock, so ``--report-only`` works while a benchmark is training in them."""
 
     def __init__(self, args, device):
         self.args, self.device = args, device
         self.detector = Detector.load(args.detector, device)
-        self.open: dict[tuple[str, int], tuple] = {}
+        self.open: dict[tuple[str, int], tuple] = {}  # engines: (pipe, data)
+        self.readers: dict[tuple[str, int], tuple] = {}  # read-only: (store, data)
         self.lines: dict[tuple[str, int], str] = {}
+
+    def _qargs(self, gen_path: str) -> argparse.Namespace:
+        a = self.args
+        return argparse.Namespace(data=a.data, generator=gen_path, detector=a.detector, device=a.device,
+                                  quick=a.quick, work=a.work)  # fmt: skip
+
+    def _data(self, store: RunStore):
+        return small_test(run_dataset(store)) if self.args.quick else run_dataset(store)
 
     def get(self, gen_path: str, ipc: int, create: bool = True):
         """(store, test data) of the run, or None when it does not exist and ``create`` is False."""
         key = (gen_path, ipc)
-        if key not in self.open:
-            args = self.args
-            qargs = argparse.Namespace(data=args.data, generator=gen_path, detector=args.detector, device=args.device,
-                                       quick=args.quick, work=args.work)  # fmt: skip
-            fp = fingerprint(gen_path)
-            if not create and not (run_path(qargs, ipc, fp) / "run.sqlite").is_file():
-                return None
-            t0 = time.time()
-            generator = load_generator(gen_path, self.device)
-            full = load_dataset(args.data, size=generator.resolution, channels=generator.channels)
-            pipe = ensure_run(qargs, ipc, fp, full, generator, self.detector)
-            data = small_test(run_dataset(pipe.store)) if args.quick else run_dataset(pipe.store)
-            self.open[key] = (pipe, data)
-            took = time.time() - t0
-            self.lines[key] = f"{Path(gen_path).name} IPC {ipc}: run `{pipe.store.path}` ready in {took:.0f} s"
-        pipe, data = self.open[key]
-        return pipe.store, data
+        if key in self.open:
+            pipe, data = self.open[key]
+            return pipe.store, data
+        qargs, fp = self._qargs(gen_path), fingerprint(gen_path)
+        if not create:
+            if key not in self.readers:
+                path = run_path(qargs, ipc, fp)
+                if not (path / "run.sqlite").is_file():
+                    return None
+                store = RunStore.open(path)
+                self.readers[key] = (store, self._data(store))
+            return self.readers[key]
+        if key in self.readers:
+            self.readers.pop(key)[0].close()
+        t0 = time.time()
+        generator = load_generator(gen_path, self.device)
+        full = load_dataset(self.args.data, size=generator.resolution, channels=generator.channels)
+        pipe = ensure_run(qargs, ipc, fp, full, generator, self.detector)
+        self.open[key] = (pipe, self._data(pipe.store))
+        took = time.time() - t0
+        self.lines[key] = f"{Path(gen_path).name} IPC {ipc}: run `{pipe.store.path}` ready in {took:.0f} s"
+        return pipe.store, self.open[key][1]
 
     def close(self) -> None:
         for pipe, _ in self.open.values():
             pipe.close()
+        for store, _ in self.readers.values():
+            store.close()
 
 
 def app_default_cost(args, store, data, run_line: str) -> None:
@@ -296,9 +315,10 @@ Written by `benchmarks/evaluate.py` from the run stores on {time.strftime("%Y-%m
 (this call: {wall / 60:.1f} minutes).
 
 - Command: `{command}`
-- Machine: {machine()}; torch threads {args.threads}. **The 2 cores were shared** with other jobs
-  while these students trained (load average about 4 to 6), so the seconds below are what a student
-  took under that load, not on an idle machine.
+- Machine: {machine()}; torch threads {args.threads}. **The 2 cores were shared** with other
+  sessions' jobs while these students trained (1-minute load average {os.getloadavg()[0]:.1f} when this file
+  was written; 5 to 7 while the first rows trained), so the seconds below are what a student took
+  under that load, not on an idle machine.
 - Data: `{args.data}`; detector (and soft-label teacher) `{args.detector}`; students trained by
   `curator.evaluation.evaluate_run` (the app's and the CLI's code), stored in each run store
   (`python -m curator evaluate RUN --show` prints them), seeds 0..{args.seeds - 1}.
@@ -315,7 +335,7 @@ use the **hard-label protocol with ConvNet-3**: cross-entropy, the same optimise
 
 ## What is measured
 
-- Complete ({args.seeds} seeds for every set): {"; ".join(full) or "none yet"}
+- Complete (seeds 0..{args.seeds - 1} for every set): {"; ".join(full) or "none yet"}
 - Partial (seeds per set): {"; ".join(partial) or "none"}
 - **Not yet measured**: {"; ".join(missing) or "none"}
 

@@ -27,6 +27,11 @@ def test_evaluate_quick_fills_every_cell_and_a_rerun_trains_nothing(tmp_path):
         store.close()
     assert len(first) == 6 and all(len(v) == 1 for v in first.values())  # 3 sets x 2 protocols
     assert evaluate.main(argv) == 0  # resumes from the stores: nothing left to train
+    (tmp_path / "work" / "quick" / "EVALUATE.md").unlink()
+    assert evaluate.main([*argv, "--report-only"]) == 0  # the table again, from the stores alone
+    table = (tmp_path / "work" / "quick" / "EVALUATE.md").read_text()
+    assert table[table.index("## Top-1") : table.index("## Seconds")] == report[report.index("## Top-1") :
+                                                                                 report.index("## Seconds")]
     store = RunStore.open(run)
     try:
         assert {r.id: [(s.accuracy, s.seconds) for s in r.students] for r in evaluations(store)} == first  # kept
@@ -76,3 +81,17 @@ def test_review_worth_quick_decides_on_a_copy_and_evaluates_both_sets(tmp_path):
         }
     finally:
         store.close()
+
+
+def test_evaluate_plan_trains_the_important_rows_first():
+    args = evaluate.parse_args(["--generators", "g1", "g2", "--students", "convnet", "resnet10t"])
+    steps = evaluate.plan(args)
+    students = [st for _, _, _, st, _ in steps]
+    assert students.index("resnet10t") > max(i for i, st in enumerate(students) if st == "convnet")
+    first = [(g, ipc, seeds) for g, ipc, proto, st, seeds in steps if st == "convnet" and proto == "hard"]
+    assert first[:4] == [("g1", 1, [0]), ("g2", 1, [0]), ("g1", 1, [0, 1, 2]), ("g2", 1, [0, 1, 2])]
+    assert [s for s in steps if s[2] == "app-default"] == [("g1", 10, "app-default", "convnet", [0])]
+    # every (generator, IPC, protocol, student) ends with all its seeds asked
+    grid = {(g, i, p, st) for g in ("g1", "g2") for i in (1, 10) for p in ("hard", "soft")
+            for st in ("convnet", "resnet10t")}  # fmt: skip
+    assert {(g, i, p, st) for g, i, p, st, seeds in steps if seeds == [0, 1, 2]} == grid
