@@ -138,7 +138,8 @@ class Runs:
         pipe = ensure_run(qargs, ipc, fp, full, generator, self.detector)
         self.open[key] = (pipe, self._data(pipe.store))
         took = time.time() - t0
-        self.lines[key] = f"{Path(gen_path).name} IPC {ipc}: run `{pipe.store.path}` ready in {took:.0f} s"
+        where = os.path.relpath(pipe.store.path) if str(pipe.store.path).startswith(os.getcwd()) else pipe.store.path
+        self.lines[key] = f"{Path(gen_path).name} IPC {ipc}: run `{where}` ready in {took:.0f} s"
         return pipe.store, self.open[key][1]
 
     def close(self) -> None:
