@@ -129,6 +129,7 @@ class Runs:
                     return None
                 store = RunStore.open(path)
                 self.readers[key] = (store, self._data(store))
+                self.lines[key] = f"{Path(gen_path).name} IPC {ipc}: run `{path}` (read from its store)"
             return self.readers[key]
         if key in self.readers:
             self.readers.pop(key)[0].close()
@@ -369,7 +370,8 @@ each step. `python -m benchmarks.evaluate --report-only` rewrites it from the st
 
 {chr(10).join("- " + r for r in runs.lines.values()) or "- none opened in this call"}
 """
-    path.write_text(text)
+    # Paths inside the repository are shown relative to it, so the file reads the same on any clone.
+    path.write_text(text.replace(str(Path(__file__).resolve().parents[1]) + os.sep, ""))
 
 
 if __name__ == "__main__":
