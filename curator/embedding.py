@@ -9,12 +9,15 @@ Points (one row each in the returned frame):
 * ``candidate``: refinement candidates; ``pick``: the candidate chosen for its anomaly (auto or user).
 
 Features are centred on the real-data mean and L2-normalised (``scoring.normalize_features``),
-the same space uniqueness is computed in. The first call fits UMAP on every point present and
-writes ``RUN/embedding/umap.npz`` (point keys and 2-D coordinates) and ``umap.pkl`` (the fitted
-reducer; a run folder is trusted local data). Later calls read the cache and place only points the
-cache lacks (new classes, regenerated candidates) with ``reducer.transform``: no refit, so the
-picture does not jump. ``umap`` is imported lazily: its first use in a process compiles with
-numba (about 15 s).
+the same space uniqueness is computed in. The run view keeps at most ``MAX_RUN_REAL`` real points
+(a seeded sample: the real cloud is background, and at 1,000 classes it would be most of the map).
+The first call fits UMAP on at most ``MAX_FIT`` points (every point up to that; above it a seeded
+sample, so the first fit stays within seconds at ImageNet's size), places the rest with
+``reducer.transform`` and writes ``RUN/embedding/umap.npz`` (point keys and 2-D coordinates) and
+``umap.pkl`` (the fitted reducer; a run folder is trusted local data). Later calls read the cache
+and place only points the cache lacks (new classes, regenerated candidates) with
+``reducer.transform``: no refit, so the picture does not jump. ``umap`` is imported lazily: its
+first use in a process compiles with numba (about 15 s).
 
 ``class_embedding`` draws one class alone (its real sample, prototypes, synthetic images,
 anomalies, candidates and picks) in the same feature space: detector features separate classes so
@@ -56,20 +59,23 @@ COLUMNS = [
 ]
 PCA_BELOW = 15  # a class view with fewer points is drawn with PCA (UMAP needs a neighbourhood)
 MAX_CLASS_REAL = 300  # real images in a class view at most (a deterministic sample), so a fit stays fast
+MAX_RUN_REAL = 5000  # real images in the run view at most (a seeded sample)
+MAX_FIT = 5000  # points the run view's UMAP is fitted on at most; the others are placed by transform
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
 @dataclass
 class Embedding:
-    """The 2-D map of a run or a class. ``fitted``: fitted in this call; ``placed``: points added by
-    transform; ``method``: "umap" or "pca" (small class views)."""
+    """The 2-D map of a run or a class. ``fitted``: fitted in this call, on ``fit_points`` points;
+    ``placed``: points added by transform; ``method``: "umap" or "pca" (small class views)."""
 
     frame: pd.DataFrame
     fitted: bool
     placed: int
     seconds: float
     method: str = "umap"
+    fit_points: int = 0
 
 
 def _lock(path: Path) -> threading.Lock:
@@ -216,17 +222,26 @@ def _sample_real(frame: pd.DataFrame, feats: np.ndarray, limit: int, seed: int) 
     return frame.iloc[keep].reset_index(drop=True), feats[keep]
 
 
+def _fit_sample(n: int, limit: int, seed: int) -> np.ndarray:
+    """Indices of the points a run view is fitted on: all ``n`` up to ``limit``, else a seeded
+    sample of ``limit`` in stored order."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
 def run_embedding(store: RunStore, detector=None, seed: int | None = None) -> Embedding:
     """The run's UMAP (see the module docstring). Raises ValueError with fewer than 4 points."""
     t0 = time.perf_counter()
     seed = store.config.seed if seed is None else seed
     frame, feats = collect_points(store, detector)
+    frame, feats = _sample_real(frame, feats, MAX_RUN_REAL, seed)
     if len(frame) < 4:
         raise ValueError(f"run {store.run_id} has {len(frame)} points to embed; run a class first")
     cache = store.path / CACHE_DIR
     npz, pkl = cache / "umap.npz", cache / "umap.pkl"
     with _lock(store.path):
-        fitted, placed = False, 0
+        fitted, placed, fit_points = False, 0, 0
         known: dict[str, np.ndarray] = {}
         reducer = None
         if npz.is_file() and pkl.is_file():
@@ -238,9 +253,10 @@ def run_embedding(store: RunStore, detector=None, seed: int | None = None) -> Em
             except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError, AttributeError):
                 known, reducer = {}, None  # unreadable cache: fit again
         if reducer is None:
-            reducer, xy = _fit(feats, seed)
-            known = dict(zip(frame["key"].tolist(), xy))
-            fitted = True
+            fit = _fit_sample(len(frame), MAX_FIT, seed)
+            reducer, xy = _fit(feats[fit], seed)
+            known = dict(zip(frame["key"].iloc[fit].tolist(), xy))
+            fitted, fit_points = True, len(fit)
             cache.mkdir(exist_ok=True)
             with open(pkl.with_suffix(".tmp"), "wb") as fh:
                 pickle.dump(reducer, fh)
@@ -256,7 +272,7 @@ def run_embedding(store: RunStore, detector=None, seed: int | None = None) -> Em
             tmp.replace(npz)
     xy = np.stack([known[k] for k in frame["key"]])
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
-    return Embedding(frame[COLUMNS], fitted, placed, time.perf_counter() - t0)
+    return Embedding(frame[COLUMNS], fitted, placed, time.perf_counter() - t0, fit_points=fit_points)
 
 
 def class_embedding(store: RunStore, detector, label: int, seed: int | None = None) -> Embedding:

@@ -272,5 +272,6 @@ def test_app_scale_quick_writes_every_row_of_the_issue(tmp_path):
     assert 0 < row["first_anomaly"] <= row["run_all_s"] and row["cli_s"] > 0 and row["peak_rss_mb"] > 100
     assert all(isinstance(row[k], float) and row[k] > 0 for k in ("key_N", "key_J", "key_U", "export"))
     assert row["map_fit"].startswith("not measured (skipped above 0 classes)")
-    for key, names in app_scale.PROBES.items():  # the doubt-queue handlers: measured, or named as missing
-        assert isinstance(row[key], float) or any(n in row[key] for n in names), row[key]
+    for key in ("overview_page", "bulk_preview", "bulk_accept", "bulk_undo"):  # the doubt-queue handlers
+        assert isinstance(row[key], float) and row[key] > 0, (key, row[key])
+    assert row["bulk_message"].startswith("✔ bulk accept") and row["bulk_undo_message"].startswith("✔ undone")

@@ -24,7 +24,7 @@ from curator.config import RunConfig
 from curator.embedding import COLUMNS, class_embedding, collect_points
 from curator.engine import LocalEngine
 from curator.review import user_decide
-from curator.ui.plots import CLASS_CUSTOMDATA, PLOT_JS, class_figure
+from curator.ui.plots import CLASS_CUSTOMDATA, MAX_CLASS_TRACES, PALETTE, PLOT_JS, class_figure, umap_figure
 
 torch.set_num_threads(1)
 DIGITS = [str(i) for i in range(10)]
@@ -170,6 +170,45 @@ def test_real_images_are_sampled_deterministically_above_the_limit(run, models, 
     assert one["key"].tolist() == two["key"].tolist()
     assert (one["kind"] != "real").sum() == len(expected_points(store, 7)) - REAL  # every other point kept
     (store.path / "embedding" / "class-7.npz").unlink()
+
+
+def test_the_run_view_samples_real_points_fits_a_sample_and_places_the_rest(run, models, monkeypatch):
+    """At ImageNet's size the run view keeps a seeded sample of the real cloud and fits UMAP on a
+    bounded sample of points; every other point is placed by transform, and the cache serves it all."""
+    monkeypatch.setattr(embedding, "MAX_RUN_REAL", 5)
+    monkeypatch.setattr(embedding, "MAX_FIT", 20)
+    store, det = run.store, models[1]
+    everything, _ = collect_points(store, det)
+    cache = store.path / embedding.CACHE_DIR
+    try:
+        first = embedding.run_embedding(store, det)
+        f = first.frame
+        assert (f["kind"] == "real").sum() == 5
+        assert sorted(f.loc[f["kind"] != "real", "key"]) == sorted(everything.loc[everything["kind"] != "real", "key"])
+        assert first.fitted and first.fit_points == 20 and first.placed == len(f) - 20
+        assert f[["x", "y"]].notna().all().all()
+        second = embedding.run_embedding(store, det)
+        assert not second.fitted and second.placed == 0
+        assert second.frame["key"].tolist() == f["key"].tolist()  # the same seeded sample
+        assert np.array_equal(second.frame[["x", "y"]].to_numpy(), f[["x", "y"]].to_numpy())
+    finally:
+        for name in ("umap.npz", "umap.pkl"):
+            (cache / name).unlink(missing_ok=True)
+
+
+def test_a_run_view_of_many_classes_is_one_trace_coloured_by_class():
+    n = MAX_CLASS_TRACES + 5
+    frame = pd.DataFrame(
+        dict(key=[f"img:{i}" for i in range(2 * n)], kind="synthetic", status="passed", label=list(range(n)) * 2,
+             class_name=[f"c{i}" for i in range(n)] * 2, image_id=range(2 * n), x=0.0, y=0.0, confidence=0.5,
+             uniqueness=0.5, score=0.75, file="", anomaly_id=np.nan)
+    )  # fmt: skip
+    fig = umap_figure(frame, "class")
+    (points,) = [t for t in fig.data if t.x[0] is not None]
+    assert len(points.x) == 2 * n and points.marker.color[0] == points.marker.color[n] == PALETTE[0]
+    assert points.marker.color[1] == PALETTE[1] and list(points.customdata[:, 6]) == list(frame["class_name"])
+    few = umap_figure(frame[frame["label"] < 3], "class")  # few classes: a trace (and a legend row) each
+    assert [t.name for t in few.data if t.x[0] is not None] == ["class c0", "class c1", "class c2"]
 
 
 def test_class_view_errors(run, models):

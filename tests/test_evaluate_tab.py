@@ -146,6 +146,10 @@ def test_start_streams_progress_then_shows_the_stored_result(ev, run_copy, monke
     again = list(ev.start(state, ["curated", "automatic"], "hard", 4, "convnet", 1, 3))[-1]
     assert again.message == "✔ nothing to train: every asked seed of the 2 set(s) is stored"
     assert again.summary.equals(final.summary)
+    clicked = ev.show_on_click(state, None, "evaluate:1733000000000")  # a person opens the tab
+    assert clicked.summary.equals(final.summary)
+    other = ev.show_on_click(state, None, "curate:1733000000000")  # another tab: nothing changes
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in other), other
 
 
 def test_cancel_keeps_finished_students_and_shows_the_evaluation_as_partial(ev, run_copy, monkeypatch):  # noqa: F811
@@ -198,9 +202,9 @@ def test_start_takes_the_device_queue_and_fills_the_named_outputs():
     assert start.concurrency_id == run_class.concurrency_id == "device" and start.concurrency_limit == 1
     names = [o.elem_id for o in start.outputs]
     assert names[:2] == ["eval-msg", "eval-setup"] and len(names) == len(et.EvalOutputs._fields)
-    shows = deps["show"] + deps["show_run"]
+    shows = deps["show"] + deps["show_run"] + deps["show_on_click"]
     assert all([o._id for o in d.outputs] == [o._id for o in start.outputs] for d in shows)
-    assert len(shows) == 3  # the open run changes, the tab opens, a setup is chosen
+    assert len(shows) == 3  # the open run changes, a person opens the tab, a setup is chosen
 
 
 def test_cli_show_prints_what_the_tab_shows(ev, run_copy, capsys):  # noqa: F811

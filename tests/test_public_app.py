@@ -450,9 +450,8 @@ def test_the_load_benchmark_quick_mode_passes_its_checks(tmp_path):
     argv = ["--quick", "--threads", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path)]
     assert load.main(argv) == 0
     text = (tmp_path / "LOAD.md").read_text()
-    assert (
-        "| visitors, all checks passed | 2, **yes** |" in text and "| device jobs / overlapping pairs | 4 / 0 |" in text
-    )
+    assert "| visitors, all checks passed | 2, **yes** |" in text
+    assert "| device jobs / overlapping pairs | 2 / 0 |" in text  # Run all: one job a visitor
     assert text.count("| ok |") == 2 and "`run_class_job` | class v0-left" in text and "`regenerate_job`" in text
 
 

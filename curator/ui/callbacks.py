@@ -54,7 +54,7 @@ from curator.review import (
 from curator.store import RunStore
 from curator.ui import jobs, resources, serving, visitors
 from curator.ui.outputs import PANEL_SIZE, RUN_SIZE, Panel, RunOutputs
-from curator.ui.plots import class_figure, umap_figure
+from curator.ui.plots import MAX_THUMB_POINTS, class_figure, umap_figure
 from curator.ui.resources import AppSettings
 from curator.ui.uploads import extract_image_folder
 from curator.ui.views import (
@@ -1091,16 +1091,23 @@ class Callbacks:
             det = resources.detector(store.config.detector, resources.device_for(store.config))
             emb = run_embedding(store, det)
             how = "fitted now" if emb.fitted else "from cache"
-            extra = f", {emb.placed} new points placed by transform" if emb.placed else ""
+            if emb.fitted and emb.placed:
+                extra = f" on a sample of {emb.fit_points} points, the other {emb.placed} placed by transform"
+            else:
+                extra = f", {emb.placed} new points placed by transform" if emb.placed else ""
             counts = emb.frame["kind"].value_counts().to_dict()
             key = self._key(state)
 
             def thumb(file: str) -> str | None:
                 return _file_url(_served(self.settings, store.path / file, key)) if file else None
 
-            fig = umap_figure(emb.frame, color_by, f"UMAP of detector features · run {store.run_id}", thumb)
+            many = len(emb.frame) > MAX_THUMB_POINTS  # a served file per point would cost more than the map
+            title = f"UMAP of detector features · run {store.run_id}"
+            fig = umap_figure(emb.frame, color_by, title, None if many else thumb)
             points = f"{len(emb.frame)} points ({', '.join(f'{v} {k}' for k, v in counts.items())})"
             info = f"{points} · {how}{extra}"
+            if many:
+                info += f" · over {MAX_THUMB_POINTS} points: thumbnails on hover in the class map"
             return ok(f"whole run: UMAP {how} in {emb.seconds:.1f} s{extra} · {points}"), fig, info
 
     @guarded(3)

@@ -141,6 +141,12 @@ class EvaluateCallbacks:
         except Exception as exc:  # noqa: BLE001 - never a traceback in the page
             return EvalOutputs.skip(message=_scrub(_error_message(exc, "evaluate.show"), self.cb.settings))
 
+    def show_on_click(self, state: dict | None, setup_label: str | None, clicked: str | None) -> EvalOutputs:
+        """A click on a tab ("<tab id>:<time>"): the stored results when it is this tab, else nothing."""
+        if str(clicked or "").partition(":")[0] != "evaluate":
+            return EvalOutputs.skip()
+        return self.show(state, setup_label)
+
     def show_run(self, state: dict | None) -> EvalOutputs:
         """A run opened (Start, Reopen, a reload): its stored evaluations, nothing of the previous run."""
         return self.show(state, None, clear=True)
@@ -332,10 +338,13 @@ def build() -> EvalTab:
     return EvalTab(sets, protocol, temperature, student, seeds, epochs, start, cancel, outputs)
 
 
-def wire(tab: EvalTab, cb: Callbacks, state, tab_component, device_kw: dict) -> EvaluateCallbacks:
+def wire(tab: EvalTab, cb: Callbacks, state, tab_click, device_kw: dict) -> EvaluateCallbacks:
     """Connect the tab: Start on the device queue (``device_kw``), Cancel at once, and the stored
-    results whenever the open run changes (Start, Reopen, a page load), the tab opens or a setup is
-    chosen."""
+    results whenever the open run changes (Start, Reopen, a page load), a person opens the tab
+    (``tab_click``: the layout's record of tab clicks, "<tab id>:<time>") or a setup is chosen.
+
+    Not the tab's own ``select``: with a listener on it, Gradio put a reloaded page back on Set-up
+    after the page load had selected the tab the person was on."""
     ev = EvaluateCallbacks(cb)
     outs = list(tab.outputs)
     quiet = dict(api_visibility="private", show_progress="hidden")
@@ -346,6 +355,6 @@ def wire(tab: EvalTab, cb: Callbacks, state, tab_component, device_kw: dict) -> 
                     show_progress_on=[tab.outputs.message], **device_kw)  # fmt: skip
     tab.cancel.click(ev.cancel, [state], tab.outputs.message, api_name="cancel_evaluation", queue=False)
     state.change(ev.show_run, [state], outs, **quiet)
-    tab_component.select(ev.show, [state, tab.outputs.setup], outs, **quiet)
+    tab_click.change(ev.show_on_click, [state, tab.outputs.setup, tab_click], outs, **quiet)
     tab.outputs.setup.input(ev.show, [state, tab.outputs.setup], outs, **quiet)
     return ev

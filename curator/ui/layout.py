@@ -373,7 +373,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     elem_id="export-preview", wrap=True,
                 )  # fmt: skip
 
-            with gr.Tab("Evaluate", id="evaluate") as eval_tab_component:
+            with gr.Tab("Evaluate", id="evaluate"):
                 eval_tab = evaluate_tab.build()  # curator/ui/evaluate_tab.py
 
         # named outputs: the field order of Panel / RunOutputs is the order of these lists (curator.ui.outputs)
@@ -539,5 +539,5 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         ).then(**to_curate)
 
         export_btn.click(cb.export, [state], [export_msg, download, preview], api_name="export")
-        evaluate_tab.wire(eval_tab, cb, state, eval_tab_component, gen_kw)  # students take the device queue too
+        evaluate_tab.wire(eval_tab, cb, state, tab_click, gen_kw)  # students take the device queue too
     return demo

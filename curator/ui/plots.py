@@ -45,6 +45,8 @@ PALETTE = [
     "#17becf",
 ]
 COLOR_BY = ("class", "status")
+MAX_CLASS_TRACES = 30  # colour by class above this many classes: one trace, colours by class number
+MAX_THUMB_POINTS = 5000  # hover thumbnails in the run view up to this many points (each is a served file)
 
 
 def _num(v) -> str:
@@ -65,23 +67,32 @@ def umap_figure(
     if color_by not in COLOR_BY:
         raise ValueError(f"colour by must be one of {COLOR_BY}, got {color_by!r}")
     fig = go.Figure()
-    if color_by == "class":
-        groups = [(name, sub) for _, (name, sub) in enumerate(frame.groupby("class_name", sort=False))]
-        groups.sort(key=lambda g: int(g[1]["label"].iloc[0]))
-        colors = {name: PALETTE[int(sub["label"].iloc[0]) % len(PALETTE)] for name, sub in groups}
+    n_classes = frame["label"].nunique()
+    if color_by == "class" and n_classes > MAX_CLASS_TRACES:  # 1,000 traces and legend rows would not draw
+        by_label = [PALETTE[int(lab) % len(PALETTE)] for lab in frame["label"]]
+        groups = [(f"{n_classes} classes (colour by class number; hover names the class)", frame, by_label)]
+    elif color_by == "class":
+        named = [(f"class {name}", sub) for name, sub in frame.groupby("class_name", sort=False)]
+        named.sort(key=lambda g: int(g[1]["label"].iloc[0]))
+        groups = [(name, sub, PALETTE[int(sub["label"].iloc[0]) % len(PALETTE)]) for name, sub in named]
     else:
-        groups = [(s, frame[frame["status"] == s]) for s in STATUS_COLORS if (frame["status"] == s).any()]
-        colors = STATUS_COLORS
+        groups = [
+            (s, frame[frame["status"] == s], STATUS_COLORS[s]) for s in STATUS_COLORS if (frame["status"] == s).any()
+        ]
     files = frame["file"] if "file" in frame else pd.Series("", index=frame.index)
     owners = frame["anomaly_id"] if "anomaly_id" in frame else pd.Series(np.nan, index=frame.index)
-    for name, sub in groups:
+    scores = pd.Series(
+        [_score_text(c, u, s) for c, u, s in zip(frame["confidence"], frame["uniqueness"], frame["score"])],
+        index=frame.index,
+    )
+    for name, sub, color in groups:
         urls = [(thumb_url(f) if thumb_url and f else None) or "" for f in files[sub.index]]
         custom = np.column_stack(
             [
                 [f"#{_id(i)}" if _id(i) else "" for i in sub["image_id"]],
                 sub["kind"],
                 sub["status"],
-                [_scores(row) for _, row in sub.iterrows()],
+                scores[sub.index],
                 urls,
                 [_id(i) for i in owners[sub.index]],
                 sub["class_name"],
@@ -92,9 +103,9 @@ def umap_figure(
                 x=sub["x"],
                 y=sub["y"],
                 mode="markers",
-                name=f"{'class ' if color_by == 'class' else ''}{name}",
+                name=name,
                 marker=dict(
-                    color=colors.get(name, "#333"),
+                    color=color,
                     symbol=[SYMBOLS.get(k, "circle") for k in sub["kind"]],
                     size=[SIZES.get(k, 6) for k in sub["kind"]],
                     line=dict(width=0.5, color="#222"),
@@ -158,9 +169,13 @@ def _category(kind: str, status: str) -> str:
     return {"synthetic": "passed"}.get(kind, kind)
 
 
-def _scores(row) -> str:
-    parts = [(n, row[c]) for n, c in (("conf", "confidence"), ("uniq", "uniqueness"), ("score", "score"))]
+def _score_text(confidence, uniqueness, score) -> str:
+    parts = (("conf", confidence), ("uniq", uniqueness), ("score", score))
     return " · ".join(f"{n} {_num(v)}" for n, v in parts if v is not None and v == v)
+
+
+def _scores(row) -> str:
+    return _score_text(row["confidence"], row["uniqueness"], row["score"])
 
 
 def _header(row, image_id: str, anomaly_id: str) -> str:
