@@ -592,15 +592,28 @@ class RunStore:
         d = self.decision(anomaly_id)
         return d.candidate_id if d is not None and d.source == "auto" else None
 
-    def auto_picks(self) -> dict[int, int | None]:
-        """Every stored automatic pick: {anomaly id: candidate id or None}, with ``auto_pick``'s fallback."""
-        picks = {d.anomaly_id: d.candidate_id for d in self.decisions().values() if d.source == "auto"}
-        picks.update(dict(self.db.execute("SELECT anomaly_id, candidate_id FROM auto_picks")))
+    def _rows_for(self, sql: str, anomaly_ids: Sequence[int] | None) -> list[tuple]:
+        """``sql`` (a SELECT whose first column is ``anomaly_id``) for every row, or only for
+        ``anomaly_ids`` (in chunks within SQLite's parameter limit): a class's view reads its own rows."""
+        if anomaly_ids is None:
+            return self.db.execute(sql).fetchall()
+        ids, out = [int(a) for a in anomaly_ids], []
+        where = " AND " if " WHERE " in sql else " WHERE "
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            out += self.db.execute(f"{sql}{where}anomaly_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        return out
+
+    def auto_picks(self, anomaly_ids: Sequence[int] | None = None) -> dict[int, int | None]:
+        """Every stored automatic pick (or those of ``anomaly_ids``): {anomaly id: candidate id or
+        None}, with ``auto_pick``'s fallback."""
+        picks = dict(self._rows_for("SELECT anomaly_id, candidate_id FROM decisions WHERE source='auto'", anomaly_ids))
+        picks.update(self._rows_for("SELECT anomaly_id, candidate_id FROM auto_picks", anomaly_ids))
         return picks
 
-    def decisions(self) -> dict[int, Decision]:
-        """Every decision of the run: {anomaly id: decision}."""
-        rows = self.db.execute("SELECT anomaly_id, choice, candidate_id, source FROM decisions")
+    def decisions(self, anomaly_ids: Sequence[int] | None = None) -> dict[int, Decision]:
+        """Every decision of the run (or those of ``anomaly_ids``): {anomaly id: decision}."""
+        rows = self._rows_for("SELECT anomaly_id, choice, candidate_id, source FROM decisions", anomaly_ids)
         return {r[0]: Decision(*r) for r in rows}
 
     def decide(self, decision: Decision, log: bool = True, batch: int | None = None) -> None:

@@ -322,14 +322,16 @@ class Callbacks:
 
     def panel(
         self, store: RunStore, label: int, anomaly_id=None, candidate_id=None, message: str = "", key: str = "local",
-        view: dict | None = None,
+        view: dict | None = None, everything: list | None = None,
     ) -> tuple:  # fmt: skip
         """The Curate tab's outputs: class picker, queue position, the class's synthetic set and
         anomaly table, then one anomaly beside its candidate cards. ``view``: the session's queue
-        order and filters (``_view``), for the position line."""
+        order and filters (``_view``), for the position line; ``everything``: the run's unfiltered
+        queue in that order, when the caller has just read it (a step, with no write since)."""
         cv = class_view(store, label)
         v = {**QUEUE_VIEW, **(view or {})}
-        everything = review_queue(store, v["order"])  # once per panel: picker, default anomaly, queue line
+        if everything is None:  # once per panel: picker, default anomaly, queue line
+            everything = review_queue(store, v["order"])
         shown = self._queue(store, v, label, everything)
         queue = everything
         aid = int(anomaly_id) if anomaly_id not in (None, "") else None
@@ -826,9 +828,10 @@ class Callbacks:
         with self._store(state) as store:
             lab = self._label(store, label) if label not in (None, "") else None
             view = self._view(state)
-            queue = self._queue(store, view, lab)
+            everything = review_queue(store, view["order"])
+            queue = self._queue(store, view, lab, everything)
             if not queue:
-                if review_queue(store):
+                if everything:
                     raise UIError("no anomaly matches this queue's filters: set them to “any”")
                 raise UIError("this run has no anomaly yet: run a class first")
             ids = [q.anomaly_id for q in queue]
@@ -841,22 +844,24 @@ class Callbacks:
             else:  # by doubt: from the top (N) or the bottom (P)
                 i = 0 if delta > 0 else len(ids) - 1
             q = queue[i % len(ids)]
-            return self.panel(store, q.label, q.anomaly_id, key=self._key(state), view=view)
+            return self.panel(store, q.label, q.anomaly_id, key=self._key(state), view=view, everything=everything)
 
     @guarded(PANEL_SIZE)
     def next_unreviewed(self, state: dict | None, label, anomaly_id) -> tuple:
         """The next anomaly no person has reviewed yet, after the one shown, in the session's queue."""
         with self._store(state) as store:
             aid = int(anomaly_id) if anomaly_id not in (None, "") else None
-            nxt = self._next_todo(store, aid, self._view(state), label)
+            view = self._view(state)
+            everything = review_queue(store, view["order"])
+            nxt = self._next_todo(store, aid, view, label, everything)
             if nxt is None:
                 raise UIError("every anomaly in this queue has been reviewed: export it, change the filters, or step "
                               "with N / P")  # fmt: skip
-            return self.panel(store, nxt.label, nxt.anomaly_id, key=self._key(state), view=self._view(state))
+            return self.panel(store, nxt.label, nxt.anomaly_id, key=self._key(state), view=view, everything=everything)
 
-    def _next_todo(self, store: RunStore, after: int | None, view: dict | None = None, label=None):
+    def _next_todo(self, store: RunStore, after: int | None, view: dict | None = None, label=None, everything=None):
         lab = int(label) if label not in (None, "") else None
-        queue = self._queue(store, view, lab)
+        queue = self._queue(store, view, lab, everything)
         ids = [q.anomaly_id for q in queue]
         start = ids.index(after) + 1 if after in ids else 0
         return next((q for q in queue[start:] + queue[:start] if not q.reviewed and q.anomaly_id != after), None)
@@ -992,19 +997,14 @@ class Callbacks:
                 user_decide(store, aid, "candidate", pick)  # reviewed: shown as "accepted"
                 note = f" (it was {before}; U undoes)" if is_reviewed(before) and before != "accepted" else ""
                 msg = ok(f"#{aid}: automatic pick #{pick} accepted{note}")
-                nxt = self._next_todo(store, aid, self._view(state), a.label)
+                view = self._view(state)
+                everything = review_queue(store, view["order"])  # read after the write: one queue for both
+                nxt = self._next_todo(store, aid, view, a.label, everything)
                 if nxt is None:
-                    return self.panel(
-                        store,
-                        a.label,
-                        aid,
-                        message=msg + " · every anomaly is reviewed",
-                        key=key,
-                        view=self._view(state),
-                    )
-                return self.panel(
-                    store, nxt.label, nxt.anomaly_id, message=msg + "; next to review", key=key, view=self._view(state)
-                )
+                    return self.panel(store, a.label, aid, message=msg + " · every anomaly is reviewed", key=key,
+                                      view=view, everything=everything)  # fmt: skip
+                return self.panel(store, nxt.label, nxt.anomaly_id, message=msg + "; next to review", key=key,
+                                  view=view, everything=everything)  # fmt: skip
             if action == "candidate":
                 d = user_decide(store, aid, "candidate", _int(candidate_id, "candidate id"))
                 msg = f"#{aid}: candidate #{d.candidate_id} kept ({decision_state(d, store.auto_pick(aid))})"

@@ -157,7 +157,8 @@ def class_view(store: RunStore, label: int) -> ClassView:
         raise UIError(f"class {label} is not in this run (it has {len(names)} classes)")
     synth = store.synthetic(label)
     counts = store.candidate_counts(label)
-    decisions, picks = store.decisions(), store.auto_picks()
+    flagged = [r.id for r in synth if r.is_anomaly]
+    decisions, picks = store.decisions(flagged), store.auto_picks(flagged)  # this class's rows only
     gallery, ids, rows, anomaly_ids = [], [], [], []
     for r in synth:
         path = str(store.path / r.file)
