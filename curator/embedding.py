@@ -10,7 +10,7 @@ Points (one row each in the returned frame):
 
 Features are centred on the real-data mean and L2-normalised (``scoring.normalize_features``),
 the same space uniqueness is computed in. The run view keeps at most ``MAX_RUN_REAL`` real points
-(a seeded sample: the real cloud is background, and at 1,000 classes it would be most of the map).
+and ``MAX_RUN_PROTOTYPES`` prototypes (seeded samples: at 1,000 classes they would be half the map).
 The first call fits UMAP on at most ``MAX_FIT`` points (every point up to that; above it a seeded
 sample, so the first fit stays within seconds at ImageNet's size), places the rest with
 ``reducer.transform`` and writes ``RUN/embedding/umap.npz`` (point keys and 2-D coordinates) and
@@ -28,6 +28,7 @@ change (see its docstring).
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 import time
@@ -60,6 +61,7 @@ COLUMNS = [
 PCA_BELOW = 15  # a class view with fewer points is drawn with PCA (UMAP needs a neighbourhood)
 MAX_CLASS_REAL = 300  # real images in a class view at most (a deterministic sample), so a fit stays fast
 MAX_RUN_REAL = 5000  # real images in the run view at most (a seeded sample)
+MAX_RUN_PROTOTYPES = 2000  # prototypes in the run view at most (a seeded sample; 10 a class at 1,000 classes)
 MAX_FIT = 5000  # points the run view's UMAP is fitted on at most; the others are placed by transform
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -110,9 +112,39 @@ def _images(store: RunStore, label: int | None) -> list:
     return sorted(synth + [c for a in synth if a.is_anomaly for c in store.candidates(a.id)], key=lambda r: r.id)
 
 
-def collect_points(store: RunStore, detector=None, label: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+def _prototype_features(store: RunStore, detector, protos: list) -> np.ndarray:
+    """The detector's features [N, D] of the prototypes' previews, cached by prototype id in
+    ``RUN/embedding/prototypes.npz`` (a stored prototype never changes), so a map drawn again
+    inspects only prototypes it has not seen: at 1,000 classes, 10,000 previews read and inspected
+    on every call otherwise."""
+    path = store.path / CACHE_DIR / "prototypes.npz"
+    known: dict[int, np.ndarray] = {}
+    if path.is_file():
+        try:
+            z = np.load(path, allow_pickle=False)
+            known = dict(zip(z["ids"].tolist(), z["features"]))
+        except (OSError, ValueError, KeyError, EOFError):
+            known = {}  # unreadable cache: inspect again
+    missing = [p for p in protos if p.id not in known]
+    if missing:
+        import torch
+
+        images = np.stack([store.load_image(p).numpy() for p in missing])
+        known.update(zip([p.id for p in missing], detector.inspect(torch.from_numpy(images)).features))
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"prototypes.{os.getpid()}.{threading.get_ident()}.tmp.npz")
+        np.savez(tmp, ids=np.array(list(known), dtype=np.int64), features=np.stack(list(known.values())))
+        tmp.replace(path)
+    return np.stack([known[p.id] for p in protos])
+
+
+def collect_points(
+    store: RunStore, detector=None, label: int | None = None, max_prototypes: int | None = None, seed: int = 0
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Every point of the run (of class ``label`` only, when given) with its metadata, and its
-    normalised detector feature [N, D] (float32), centred on the mean real feature of all classes."""
+    normalised detector feature [N, D] (float32), centred on the mean real feature of all classes.
+    ``max_prototypes``: at most that many prototypes (a seeded sample, in stored order), chosen
+    before any preview is read."""
     names = store.class_names
     rows: list[dict] = []
     feats: list[np.ndarray] = []
@@ -122,11 +154,11 @@ def collect_points(store: RunStore, detector=None, label: int | None = None) -> 
         feats.append(f)
     if detector is not None:
         protos = store.prototypes(label)
+        if max_prototypes is not None and len(protos) > max_prototypes:
+            keep = np.sort(np.random.default_rng(seed).choice(len(protos), max_prototypes, replace=False))
+            protos = [protos[i] for i in keep]
         if protos:
-            images = np.stack([store.load_image(p).numpy() for p in protos])
-            import torch
-
-            pf = detector.inspect(torch.from_numpy(images)).features
+            pf = _prototype_features(store, detector, protos)
             for p, f in zip(protos, pf):
                 rows.append(
                     dict(
@@ -176,7 +208,7 @@ def collect_points(store: RunStore, detector=None, label: int | None = None) -> 
     return frame, normalize_features(np.stack(feats), center)
 
 
-def _fit(features: np.ndarray, seed: int, n_neighbors: int | None = None):
+def _fit(features: np.ndarray, seed: int, n_neighbors: int | None = None, n_epochs: int | None = None):
     import umap  # lazy: numba compiles on first use
 
     n = len(features)
@@ -187,6 +219,7 @@ def _fit(features: np.ndarray, seed: int, n_neighbors: int | None = None):
         metric="euclidean",
         random_state=seed,
         n_jobs=1,  # a fixed random_state runs single-threaded anyway; saying so silences umap's warning
+        n_epochs=n_epochs,
     )
     coords = reducer.fit_transform(features)
     return reducer, np.asarray(coords, dtype=np.float32)
@@ -234,7 +267,7 @@ def run_embedding(store: RunStore, detector=None, seed: int | None = None) -> Em
     """The run's UMAP (see the module docstring). Raises ValueError with fewer than 4 points."""
     t0 = time.perf_counter()
     seed = store.config.seed if seed is None else seed
-    frame, feats = collect_points(store, detector)
+    frame, feats = collect_points(store, detector, max_prototypes=MAX_RUN_PROTOTYPES, seed=seed)
     frame, feats = _sample_real(frame, feats, MAX_RUN_REAL, seed)
     if len(frame) < 4:
         raise ValueError(f"run {store.run_id} has {len(frame)} points to embed; run a class first")
@@ -331,11 +364,16 @@ def class_embedding(store: RunStore, detector, label: int, seed: int | None = No
     return Embedding(frame, fitted, 0, time.perf_counter() - t0, method)
 
 
+WARM_POINTS = (40, 4200)  # a small fit (exact neighbours) and one past umap's 4,096 (pynndescent's path)
+
+
 def warm_up(seed: int = 0) -> float:
-    """Fit and transform a tiny random set once, so numba's compilation (about 30 s on one core) is
-    paid before a user asks for a UMAP. Returns the seconds spent."""
+    """Fit and transform a small and a larger random set once (few epochs), so numba's compilation
+    of both neighbour searches (about 30 s on one core) is paid before a user asks for a UMAP: a
+    class map, or a whole-run map of thousands of points. Returns the seconds spent."""
     t0 = time.perf_counter()
-    x = np.random.default_rng(seed).normal(size=(40, 8)).astype(np.float32)
-    reducer, _ = _fit(x, seed)
-    reducer.transform(x[:2] + 0.01)
+    for n in WARM_POINTS:
+        x = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
+        reducer, _ = _fit(x, seed, n_epochs=5)
+        reducer.transform(x[:2] + 0.01)
     return time.perf_counter() - t0

@@ -28,19 +28,11 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmarks.app_scale import BROWSER_FLAGS
+
 torch.set_num_threads(1)
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
+FLAGS = BROWSER_FLAGS  # Chromium's flags, one list for the tests and the benchmarks
 
 
 def chromium_path() -> str | None:

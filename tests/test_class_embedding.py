@@ -196,19 +196,27 @@ def test_the_run_view_samples_real_points_fits_a_sample_and_places_the_rest(run,
             (cache / name).unlink(missing_ok=True)
 
 
-def test_a_run_view_of_many_classes_is_one_trace_coloured_by_class():
+def test_a_run_view_of_many_classes_is_one_legend_group_coloured_by_class_number():
     n = MAX_CLASS_TRACES + 5
     frame = pd.DataFrame(
         dict(key=[f"img:{i}" for i in range(2 * n)], kind="synthetic", status="passed", label=list(range(n)) * 2,
              class_name=[f"c{i}" for i in range(n)] * 2, image_id=range(2 * n), x=0.0, y=0.0, confidence=0.5,
              uniqueness=0.5, score=0.75, file="", anomaly_id=np.nan)
     )  # fmt: skip
+    frame.loc[frame.index % 4 == 3, "kind"] = "candidate"
     fig = umap_figure(frame, "class")
-    (points,) = [t for t in fig.data if t.x[0] is not None]
-    assert len(points.x) == 2 * n and points.marker.color[0] == points.marker.color[n] == PALETTE[0]
-    assert points.marker.color[1] == PALETTE[1] and list(points.customdata[:, 6]) == list(frame["class_name"])
-    few = umap_figure(frame[frame["label"] < 3], "class")  # few classes: a trace (and a legend row) each
-    assert [t.name for t in few.data if t.x[0] is not None] == ["class c0", "class c1", "class c2"]
+    drawn = [t for t in fig.data if t.x[0] is not None]
+    assert [t.marker.symbol for t in drawn] == ["square", "circle-open"]  # a trace per kind, one symbol each
+    assert sum(len(t.x) for t in drawn) == 2 * n and sum(t.showlegend for t in drawn) == 1
+    points = drawn[0]
+    labels = frame.loc[frame["kind"] == "synthetic", "label"].to_numpy()
+    assert list(points.marker.color) == list(labels % len(PALETTE))  # colour = class number, on a stepped scale
+    scale = dict((round(v, 6), c) for v, c in points.marker.colorscale)
+    assert scale[0.0] == PALETTE[0] and scale[round(1 / len(PALETTE), 6)] in (PALETTE[0], PALETTE[1])
+    assert list(points.customdata[:, 6]) == [f"c{lab}" for lab in labels]
+    few = umap_figure(frame[frame["label"] < 3], "class")  # few classes: a legend row each, in class order
+    assert [t.name for t in few.data if t.x[0] is not None and t.showlegend] == ["class c0", "class c1", "class c2"]
+    assert {t.marker.color for t in few.data if t.name == "class c1"} == {PALETTE[1]}
 
 
 def test_class_view_errors(run, models):

@@ -61,16 +61,18 @@ def _id(v) -> str:
 def umap_figure(
     frame: pd.DataFrame, color_by: str = "class", title: str = "", thumb_url: Callable[[str], str | None] | None = None
 ) -> go.Figure:
-    """One WebGL trace per colour group (class or status), marker symbol per point by kind.
-    customdata is ``CLASS_CUSTOMDATA`` then the class name, so ``PLOT_JS`` gives this view the
-    class view's hover thumbnails (``thumb_url``, as there) and click-to-open too."""
+    """WebGL traces per colour group (class or status) and kind (one marker symbol and size each, so
+    plotly checks no per-point list: a 50,000-point map builds in a second). Above
+    ``MAX_CLASS_TRACES`` classes, colour by class is one group coloured by class number. customdata
+    is ``CLASS_CUSTOMDATA`` then the class name, so ``PLOT_JS`` gives this view the class view's
+    hover thumbnails (``thumb_url``, as there) and click-to-open too."""
     if color_by not in COLOR_BY:
         raise ValueError(f"colour by must be one of {COLOR_BY}, got {color_by!r}")
     fig = go.Figure()
+    frame = frame.reset_index(drop=True)
     n_classes = frame["label"].nunique()
     if color_by == "class" and n_classes > MAX_CLASS_TRACES:  # 1,000 traces and legend rows would not draw
-        by_label = [PALETTE[int(lab) % len(PALETTE)] for lab in frame["label"]]
-        groups = [(f"{n_classes} classes (colour by class number; hover names the class)", frame, by_label)]
+        groups = [(f"{n_classes} classes (colour by class number; hover names the class)", frame, None)]
     elif color_by == "class":
         named = [(f"class {name}", sub) for name, sub in frame.groupby("class_name", sort=False)]
         named.sort(key=lambda g: int(g[1]["label"].iloc[0]))
@@ -81,43 +83,55 @@ def umap_figure(
         ]
     files = frame["file"] if "file" in frame else pd.Series("", index=frame.index)
     owners = frame["anomaly_id"] if "anomaly_id" in frame else pd.Series(np.nan, index=frame.index)
-    scores = pd.Series(
-        [_score_text(c, u, s) for c, u, s in zip(frame["confidence"], frame["uniqueness"], frame["score"])],
-        index=frame.index,
+    custom = np.column_stack(
+        [
+            [f"#{_id(i)}" if _id(i) else "" for i in frame["image_id"]],
+            frame["kind"].astype(str),
+            frame["status"].astype(str),
+            [_score_text(c, u, s) for c, u, s in zip(frame["confidence"], frame["uniqueness"], frame["score"])],
+            [(thumb_url(f) if thumb_url and f else None) or "" for f in files],
+            [_id(i) for i in owners],
+            frame["class_name"].astype(str),
+        ]
     )
+    by_number = dict(  # colour by class number: a numeric array and a stepped scale, fast to check
+        colorscale=[[(i + edge) / len(PALETTE), c] for i, c in enumerate(PALETTE) for edge in (0, 1)],
+        cmin=-0.5, cmax=len(PALETTE) - 0.5,
+    )  # fmt: skip
     for name, sub, color in groups:
-        urls = [(thumb_url(f) if thumb_url and f else None) or "" for f in files[sub.index]]
-        custom = np.column_stack(
-            [
-                [f"#{_id(i)}" if _id(i) else "" for i in sub["image_id"]],
-                sub["kind"],
-                sub["status"],
-                scores[sub.index],
-                urls,
-                [_id(i) for i in owners[sub.index]],
-                sub["class_name"],
-            ]
-        )
-        fig.add_trace(
-            go.Scattergl(
-                x=sub["x"],
-                y=sub["y"],
-                mode="markers",
-                name=name,
-                marker=dict(
-                    color=color,
-                    symbol=[SYMBOLS.get(k, "circle") for k in sub["kind"]],
-                    size=[SIZES.get(k, 6) for k in sub["kind"]],
-                    line=dict(width=0.5, color="#222"),
-                    opacity=0.85,
-                ),
-                customdata=custom,
-                hovertemplate=(
-                    "%{customdata[1]} %{customdata[0]}<br>class %{customdata[6]} · %{customdata[2]}<br>"
-                    "%{customdata[3]}<extra></extra>"
-                ),
+        shown = False
+        for kind in [*SYMBOLS, *sorted(set(sub["kind"]) - set(SYMBOLS))]:
+            rows = sub.index[sub["kind"] == kind].to_numpy()
+            if not len(rows):
+                continue
+            colour = (
+                dict(color=color)
+                if color is not None
+                else dict(color=sub.loc[rows, "label"].to_numpy() % len(PALETTE), **by_number)
             )
-        )
+            fig.add_trace(
+                go.Scattergl(
+                    x=frame["x"].to_numpy()[rows],
+                    y=frame["y"].to_numpy()[rows],
+                    mode="markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=not shown,
+                    marker=dict(
+                        symbol=SYMBOLS.get(kind, "circle"),
+                        size=SIZES.get(kind, 6),
+                        line=dict(width=0.5, color="#222"),
+                        opacity=0.85,
+                        **colour,
+                    ),
+                    customdata=custom[rows],
+                    hovertemplate=(
+                        "%{customdata[1]} %{customdata[0]}<br>class %{customdata[6]} · %{customdata[2]}<br>"
+                        "%{customdata[3]}<extra></extra>"
+                    ),
+                )
+            )
+            shown = True
     for kind, symbol in SYMBOLS.items():  # a legend for the symbols
         if (frame["kind"] == kind).any():
             fig.add_trace(
