@@ -291,13 +291,15 @@ def final_set(
     """The curated images of a class: passed originals, picked candidates, originals kept by a person.
 
     Unresolved and dropped anomalies are left out. ``decisions`` / ``picks``: the run's
-    (``store.decisions()``, ``store.auto_picks()``) when the caller read them already, so a loop
-    over classes reads them once, not once per class.
+    (``store.decisions()``, ``store.auto_picks()``) when the caller read them already; else this
+    class's own rows are read, so a loop over 1,000 classes never reads the whole run per class.
     """
-    decisions = store.decisions() if decisions is None else decisions
-    picks = store.auto_picks() if picks is None else picks
+    synth = store.synthetic(label)
+    flagged = [r.id for r in synth if r.is_anomaly]
+    decisions = store.decisions(flagged) if decisions is None else decisions
+    picks = store.auto_picks(flagged) if picks is None else picks
     out = []
-    for r in store.synthetic(label):
+    for r in synth:
         if not r.is_anomaly:
             out.append(Curated(r, "original", PASSED))
             continue
