@@ -664,15 +664,16 @@ CAUSES = {
     "re-filters and re-renders the list",
     "map_fit": "the whole-run map fits UMAP (single-threaded for a fixed seed) on a sample of at most "
     "`embedding.MAX_FIT` points and places every other point with `reducer.transform`, on the CPU",
-    "map_cached": "from its cache the map still collects every point's features from the store (features are "
-    "stored per image) and sends every point to the browser in a WebGL plotly figure",
+    "map_cached": "from its cache the map still reads every point's row and feature from the store (about 1.2 s at "
+    "43,000 points) and builds a WebGL plotly figure of every point (about 0.9 s), with the load of the machine "
+    "on top",
     "browser_keys": "the handler is the smaller part (the rows above; the review queue of every anomaly is read "
     "once per key); the rest is Gradio's round trip and the browser redrawing the panel (gallery, candidate cards, "
     "tables, the class chooser's choices), with the app, the browser and the load sharing 2 cores: the same "
     "round trip costs about 0.45 s at 10 classes",
-    "export": "the export copies every kept image into the ImageFolder tree, writes the metadata and then a zip of "
-    "the whole tree, and the app reads the provenance back for its preview; it ran here while the load average was "
-    "about 6 on 2 cores (TESTBED.md: `curator export` of the same 1,000-class run took 24 s at load 1.5)",
+    "export": "in the build measured, each class's curated set (`review.final_set`) read every decision and pick "
+    "of the run, once per class and twice per export (cProfile: 41 of 58 s); it now reads its own class's rows "
+    "(see the notes below); the rest is copying every kept image, the metadata and the zip",
     "app_over_cli": "see the CPU-seconds row: where the app's CPU seconds match the CLI's, the wall-time gap is the "
     "load of other processes on the shared machine, not the app's work",
     "ray_over_local": "on one 2-core machine each Ray worker has one core (one torch thread) where the local engine "
