@@ -119,11 +119,7 @@ def anomaly_doubts(store: RunStore, rows: list[tuple[int, int, str]] | None = No
     does not change doubt, so a click reads the cache). The eligible candidates are those the
     selection saw: consistent and passing ``tau`` if any passes, else consistent.
     """
-    fingerprint = tuple(store.db.execute(
-        "SELECT (SELECT COUNT(*) FROM images), (SELECT MAX(id) FROM images), "
-        "(SELECT TOTAL(score) FROM images WHERE kind='candidate'), (SELECT COUNT(*) FROM auto_picks), "
-        "(SELECT TOTAL(COALESCE(candidate_id, -1) * anomaly_id) FROM auto_picks)"
-    ).fetchone())  # fmt: skip
+    fingerprint = store.scores_fingerprint()
     key = str(store.path.resolve())
     hit = _DOUBT_CACHE.get(key)
     if hit is not None and hit[0] == fingerprint:

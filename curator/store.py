@@ -537,6 +537,15 @@ class RunStore:
              "WHERE kind='candidate' ORDER BY parent_id, id")  # fmt: skip
         return self.db.execute(q).fetchall()
 
+    def scores_fingerprint(self) -> tuple:
+        """A cheap summary that changes when images are added or rescored, or an automatic pick
+        changes (not when a person decides): the key of the review queue's doubt cache."""
+        return tuple(self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM images), (SELECT MAX(id) FROM images), "
+            "(SELECT TOTAL(score) FROM images WHERE kind='candidate'), (SELECT COUNT(*) FROM auto_picks), "
+            "(SELECT TOTAL(COALESCE(candidate_id, -1) * anomaly_id) FROM auto_picks)"
+        ).fetchone())  # fmt: skip
+
     def anomaly_rows(self) -> list[tuple[int, int, str]]:
         """(id, label, reason) of every anomaly in ``anomalies()`` order, one query (the queue's rows)."""
         q = ("SELECT i.id, i.label, i.reason FROM images i JOIN prototypes p ON p.id = i.prototype_id "
