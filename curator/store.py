@@ -523,13 +523,6 @@ class RunStore:
             return self._images(where)
         return self._images(where + " AND i.label=?", (label,))
 
-    def anomaly_labels(self) -> list[tuple[int, int]]:
-        """(id, label) of every anomaly in ``anomalies()`` order, without reading images or features
-        (the review queue is built from it on every action)."""
-        q = ("SELECT i.id, i.label FROM images i JOIN prototypes p ON p.id = i.prototype_id "
-             "WHERE i.kind='synthetic' AND i.reason IS NOT NULL ORDER BY i.label, p.idx, i.position")  # fmt: skip
-        return [(int(i), int(lab)) for i, lab in self.db.execute(q)]
-
     def candidate_scores(self) -> list[tuple[int, int, float, int, float | None]]:
         """(candidate id, anomaly id, confidence, predicted class, selection score) of every
         candidate, one query and no features or files (the review queue's doubt is computed from it)."""
@@ -547,7 +540,8 @@ class RunStore:
         ).fetchone())  # fmt: skip
 
     def anomaly_rows(self) -> list[tuple[int, int, str]]:
-        """(id, label, reason) of every anomaly in ``anomalies()`` order, one query (the queue's rows)."""
+        """(id, label, reason) of every anomaly in ``anomalies()`` order, one query without reading
+        images or features (the review queue is built from it on every action)."""
         q = ("SELECT i.id, i.label, i.reason FROM images i JOIN prototypes p ON p.id = i.prototype_id "
              "WHERE i.kind='synthetic' AND i.reason IS NOT NULL ORDER BY i.label, p.idx, i.position")  # fmt: skip
         return [(int(i), int(lab), r) for i, lab, r in self.db.execute(q)]
