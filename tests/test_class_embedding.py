@@ -24,7 +24,16 @@ from curator.config import RunConfig
 from curator.embedding import COLUMNS, class_embedding, collect_points
 from curator.engine import LocalEngine
 from curator.review import user_decide
-from curator.ui.plots import CLASS_CUSTOMDATA, MAX_CLASS_TRACES, PALETTE, PLOT_JS, class_figure, umap_figure
+from curator.ui.plots import (
+    CLASS_CUSTOMDATA,
+    DENSE_POINTS,
+    MAX_CLASS_TRACES,
+    PALETTE,
+    PLOT_JS,
+    SIZES,
+    class_figure,
+    umap_figure,
+)
 
 torch.set_num_threads(1)
 DIGITS = [str(i) for i in range(10)]
@@ -217,6 +226,22 @@ def test_a_run_view_of_many_classes_is_one_legend_group_coloured_by_class_number
     few = umap_figure(frame[frame["label"] < 3], "class")  # few classes: a legend row each, in class order
     assert [t.name for t in few.data if t.x[0] is not None and t.showlegend] == ["class c0", "class c1", "class c2"]
     assert {t.marker.color for t in few.data if t.name == "class c1"} == {PALETTE[1]}
+
+
+def test_a_dense_run_view_draws_smaller_markers_without_outlines():
+    """Above DENSE_POINTS points (a run of 1,000 classes), picks drawn full size hide the map."""
+
+    def frame(n: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            dict(key=[f"img:{i}" for i in range(n)], kind="pick", status="auto", label=0, class_name="c0",
+                 image_id=range(n), x=0.0, y=0.0, confidence=0.5, uniqueness=0.5, score=0.75, file="",
+                 anomaly_id=np.nan)
+        )  # fmt: skip
+
+    sparse = [t for t in umap_figure(frame(DENSE_POINTS)).data if t.x[0] is not None][0]
+    dense = [t for t in umap_figure(frame(DENSE_POINTS + 1)).data if t.x[0] is not None][0]
+    assert sparse.marker.size == SIZES["pick"] and sparse.marker.line.width > 0
+    assert dense.marker.size < sparse.marker.size and dense.marker.line.width == 0
 
 
 def test_class_view_errors(run, models):

@@ -47,6 +47,8 @@ PALETTE = [
 COLOR_BY = ("class", "status")
 MAX_CLASS_TRACES = 30  # colour by class above this many classes: one trace, colours by class number
 MAX_THUMB_POINTS = 5000  # hover thumbnails in the run view up to this many points (each is a served file)
+DENSE_POINTS = 5000  # above this many points the run view's markers shrink and lose their outline
+DENSE_SCALE = 0.55  # marker size factor of a dense run view (so 5,000 picks do not hide the rest)
 
 
 def _num(v) -> str:
@@ -98,6 +100,7 @@ def umap_figure(
         colorscale=[[(i + edge) / len(PALETTE), c] for i, c in enumerate(PALETTE) for edge in (0, 1)],
         cmin=-0.5, cmax=len(PALETTE) - 0.5,
     )  # fmt: skip
+    dense = len(frame) > DENSE_POINTS
     for name, sub, color in groups:
         shown = False
         for kind in [*SYMBOLS, *sorted(set(sub["kind"]) - set(SYMBOLS))]:
@@ -119,8 +122,8 @@ def umap_figure(
                     showlegend=not shown,
                     marker=dict(
                         symbol=SYMBOLS.get(kind, "circle"),
-                        size=SIZES.get(kind, 6),
-                        line=dict(width=0.5, color="#222"),
+                        size=SIZES.get(kind, 6) * (DENSE_SCALE if dense else 1.0),
+                        line=dict(width=0 if dense else 0.5, color="#222"),
                         opacity=0.85,
                         **colour,
                     ),
