@@ -227,8 +227,12 @@ def test_scale_quick_measures_peak_rss_per_size_and_the_engines_in_fresh_process
         assert 0 < r["stage_wall"] <= r["cli_wall"] < r["process_wall"]
         assert all(v >= 0 for v in r["phases"].values()) and r["phases"]["startup"] > 0
         assert sum(r["phases"].values()) == pytest.approx(r["process_wall"])
-    assert runs[0]["phases"]["centres"] < runs[1]["phases"]["centres"]  # the worker loads the models first
     c = eng["costs"]
+    # Ray's costs are differences of the two runs' phases; which run's phase is longer is timing, not
+    # asserted here (a CI run measured a local centres phase 5 ms longer than Ray's)
+    p, q = runs[0]["phases"], runs[1]["phases"]
+    assert c["worker_start"] == pytest.approx(q["centres"] - p["centres"])
+    assert c["ray_start"] == pytest.approx(q["startup"] - p["startup"])
     assert c["fixed"] == pytest.approx(c["ray_start"] + c["worker_start"] + c["shutdown"])
     assert c["total"] == pytest.approx(runs[1]["process_wall"] - runs[0]["process_wall"])
     u, proj = eng["unit_costs"], eng["projection"]
